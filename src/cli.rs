@@ -1,0 +1,306 @@
+//! Command-line interface: runc's commands and global flags, plus kvmbox's own (`bench`, `vm`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Which isolation model runs the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Its own KVM microVM with its own guest kernel.
+    Vm,
+    /// A plain Linux container sharing the host kernel.
+    Namespace,
+}
+
+/// Log line format, as runc's `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of `list` and `ps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+/// kvmbox: an OCI runtime that runs each container in its own KVM microVM.
+#[derive(Debug, Parser)]
+#[command(name = "kvmbox", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding container state.
+    #[arg(long, global = true, default_value = "/run/kvmbox", env = "KVMBOX_ROOT")]
+    pub root: PathBuf,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Enable debug logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Isolation model for new containers (existing containers keep the one they were created with).
+    #[arg(long, global = true, value_enum, default_value = "vm", env = "KVMBOX_ISOLATION")]
+    pub isolation: Isolation,
+    /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
+    #[arg(long = "systemd-cgroup", global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub rootless: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a container (its process waits for `start`).
+    Create(CreateArgs),
+    /// Start the user process of a created container.
+    Start(IdArg),
+    /// Print the OCI state of a container as JSON.
+    State(IdArg),
+    /// Send a signal to the container's init process (or all its processes).
+    Kill(KillArgs),
+    /// Delete a container and every resource it holds.
+    Delete(DeleteArgs),
+    /// Create and start a container; wait for it unless --detach.
+    Run(RunArgs),
+    /// Run a new process inside a running container.
+    Exec(ExecArgs),
+    /// List the processes running inside a container.
+    Ps(PsArgs),
+    /// List containers under --root.
+    List(ListArgs),
+    /// Write a default config.json into the bundle directory.
+    Spec(SpecArgs),
+    /// Print the OCI features this runtime supports, as JSON.
+    Features,
+    /// Measure container and microVM startup, side by side with peers.
+    Bench(BenchArgs),
+    /// Low-level microVM commands.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+/// A container id.
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Container id.
+    pub id: String,
+}
+
+/// `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Container id.
+    pub id: String,
+    /// Path to the OCI bundle (directory holding config.json).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's init PID to this file.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master when process.terminal is true.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Use MS_MOVE + chroot instead of pivot_root (for ramfs roots).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring", hide = true)]
+    pub no_new_keyring: bool,
+    /// Pass this many extra file descriptors (3..3+N) to the container process.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Do not wait for the container: print nothing and return once it started.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep the container's state after it exits (do not delete).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Container id.
+    pub id: String,
+    /// Signal name (TERM, SIGTERM) or number; default SIGTERM.
+    #[arg(default_value = "SIGTERM")]
+    pub signal: String,
+    /// Send the signal to every process in the container.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Container id.
+    pub id: String,
+    /// Kill the container first if it is still running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Container id.
+    pub id: String,
+    /// Allocate a pseudo-TTY.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// OCI process JSON file describing the process (instead of a command line).
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Unix socket that receives the pty master (with --tty).
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Write the new process's PID to this file.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Extra environment variables (KEY=VALUE).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// User as UID[:GID].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional group ids.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability to the bounding, effective, permitted and ambient sets.
+    #[arg(short, long)]
+    pub cap: Vec<String>,
+    /// Set no_new_privs for the process.
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// Pass this many extra file descriptors to the process.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Command and arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Container id.
+    pub id: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+    /// Arguments passed to ps(1) for the table format.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
+}
+
+/// `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub format: ListFormat,
+    /// Print only container ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `spec`.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Directory to write config.json into.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Generate a spec for a rootless container (user namespace, no cgroups).
+    #[arg(long = "rootless")]
+    pub rootless_spec: bool,
+}
+
+/// Output format of `bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchFormat {
+    Text,
+    Json,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs per runtime.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Output format (json goes to stdout for machines).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: BenchFormat,
+    /// Directory for the SVG chart and the markdown table.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Skip peers (runc, crun) even when installed.
+    #[arg(long = "no-peers")]
+    pub no_peers: bool,
+}
+
+/// `vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Boot a kernel in a microVM, print its serial console and exit with the guest's status.
+    Boot(VmBootArgs),
+}
+
+/// Guest CPU profile (see docs: emulated hosts hide CPU features KVM's emulator cannot run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuProfile {
+    Host,
+    Emulated,
+}
+
+/// `vm boot`.
+#[derive(Debug, Args)]
+pub struct VmBootArgs {
+    /// Guest kernel: ELF vmlinux (PVH) or bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (cpio).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line (appended to kvmbox's defaults).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u32,
+    /// Guest CPU profile; detected from the host when not given.
+    #[arg(long = "cpu-profile", value_enum)]
+    pub cpu_profile: Option<CpuProfile>,
+    /// Write the serial console here instead of stdout.
+    #[arg(long = "serial-log")]
+    pub serial_log: Option<PathBuf>,
+    /// Print boot-time marks (VMM start, first KVM_RUN, kernel entry, userspace) on exit.
+    #[arg(long)]
+    pub timings: bool,
+}

@@ -1,0 +1,1 @@
+//! Logging setup for `--log`, `--log-format`, `--debug`.
