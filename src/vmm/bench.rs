@@ -1,0 +1,1 @@
+//! Boot benchmark (placeholder filled in step 4).
