@@ -65,6 +65,9 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
     let report = machine.run()?;
     if args.timings {
         eprintln!("kvmbox: timings: {}", timer.report());
+        if let Some(ns) = timer.first_kvm_run_monotonic_ns() {
+            eprintln!("kvmbox: timings-raw: first_kvm_run_monotonic_ns={ns}");
+        }
         if let Some(kib) = report.vmm_rss_kib {
             eprintln!("kvmbox: VMM RSS excluding guest memory: {kib} KiB");
         }

@@ -61,6 +61,16 @@ impl BootTimer {
         });
     }
 
+    /// CLOCK_MONOTONIC (ns) of the first KVM_RUN, comparable across processes.
+    pub fn first_kvm_run_monotonic_ns(&self) -> Option<u64> {
+        let now_ns = super::bench::monotonic_ns();
+        let now = Instant::now();
+        self.with(|m| {
+            m.first_kvm_run
+                .map(|t| now_ns.saturating_sub((now - t).as_nanos() as u64))
+        })
+    }
+
     /// Time from VMM start to userspace, if the guest reported it.
     pub fn userspace(&self) -> Option<Duration> {
         self.with(|m| m.userspace.map(|t| t - self.start))
