@@ -69,7 +69,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Exec(args) => exec(&rt, args),
         Command::Ps(args) => ps(&rt, args).map(|()| 0),
         Command::List(args) => list(&rt, args).map(|()| 0),
-        Command::Spec(args) => write_spec(args).map(|()| 0),
+        Command::Spec(args) => {
+            let rootless = matches!(cli.rootless.as_deref(), Some("true" | "1" | ""));
+            write_spec(args, rootless).map(|()| 0)
+        }
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)
@@ -414,9 +417,9 @@ fn status_name(status: Status) -> &'static str {
     }
 }
 
-fn write_spec(args: &SpecArgs) -> Result<()> {
+fn write_spec(args: &SpecArgs, rootless: bool) -> Result<()> {
     let path = args.bundle.join(bundle::CONFIG_FILE);
-    let mut value = serde_json::to_value(spec::default_spec(args.rootless_spec))?;
+    let mut value = serde_json::to_value(spec::default_spec(rootless))?;
     // Capability sets are hash sets: sort them for a stable file.
     if let Some(caps) = value
         .pointer_mut("/process/capabilities")
@@ -451,6 +454,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn ps_filter_keeps_header_and_container_rows() {
         let text = "UID   PID  PPID  C STIME TTY TIME CMD\n\
                     root    1     0  0 10:00 ?   0:01 /sbin/init\n\
@@ -479,13 +488,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let args = SpecArgs {
             bundle: dir.path().to_path_buf(),
-            rootless_spec: false,
         };
-        write_spec(&args).unwrap();
+        write_spec(&args, false).unwrap();
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
         let spec: oci_spec::runtime::Spec = serde_json::from_str(&text).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("kvmbox"));
-        let err = write_spec(&args).unwrap_err().to_string();
+        let err = write_spec(&args, false).unwrap_err().to_string();
         assert!(
             err.ends_with("config.json already exists; remove it first"),
             "{err}"
