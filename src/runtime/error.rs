@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use guest_agent::container::ContainerError;
 
-/// Everything that can go wrong in a runtime operation.
+/// Everything that can go wrong in a runtime operation. Each message already includes its
+/// cause, so no `source()` chain is exposed (printing the chain would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The container id is not acceptable.
@@ -68,15 +69,14 @@ pub enum RuntimeError {
     #[error("{0}")]
     Invalid(String),
     /// A file system operation failed.
-    #[error("{what} {path}: {source}", path = .path.display())]
+    #[error("{what} {path}: {err}", path = .path.display())]
     Io {
         /// What was being done.
         what: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The state file of a container is unreadable.
     #[error("container {id}: corrupt state {path}: {msg}", path = .path.display())]
@@ -89,24 +89,22 @@ pub enum RuntimeError {
         msg: String,
     },
     /// A system call on a container process failed.
-    #[error("container {id}: {what}: {source}")]
+    #[error("container {id}: {what}: {err}")]
     Sys {
         /// Container id.
         id: String,
         /// What was being done.
         what: &'static str,
         /// The errno.
-        #[source]
-        source: nix::Error,
+        err: nix::Error,
     },
     /// The container setup code failed.
-    #[error("container {id}: {source}")]
+    #[error("container {id}: {err}")]
     Container {
         /// Container id.
         id: String,
         /// The underlying error.
-        #[source]
-        source: ContainerError,
+        err: ContainerError,
     },
 }
 
@@ -116,7 +114,7 @@ impl RuntimeError {
         RuntimeError::Io {
             what,
             path: path.into(),
-            source,
+            err: source,
         }
     }
 
@@ -124,7 +122,7 @@ impl RuntimeError {
     pub fn container(id: &str, source: ContainerError) -> Self {
         RuntimeError::Container {
             id: id.to_string(),
-            source,
+            err: source,
         }
     }
 }

@@ -302,11 +302,11 @@ impl Runtime {
             for pid in pids {
                 match send_signal(pid, signal) {
                     Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(source) => {
+                    Err(err) => {
                         return Err(RuntimeError::Sys {
                             id: id.to_string(),
                             what: "kill",
-                            source,
+                            err,
                         })
                     }
                 }
@@ -315,10 +315,10 @@ impl Runtime {
         }
         send_signal(record.pid, signal).map_err(|source| match source {
             Errno::ESRCH => RuntimeError::NotRunning(id.to_string()),
-            source => RuntimeError::Sys {
+            err => RuntimeError::Sys {
                 id: id.to_string(),
                 what: "kill",
-                source,
+                err,
             },
         })
     }
