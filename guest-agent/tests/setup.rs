@@ -239,3 +239,232 @@ fn echo_exit_status_and_hostname() {
     assert_eq!(out, "hello\nrunc\n");
     assert!(!cgroup_exists(&b.cgroup_path()));
 }
+
+fn set_process(b: &mut Bundle, f: impl FnOnce(&mut oci_spec::runtime::Process)) {
+    let mut p = b.spec.process().clone().unwrap();
+    f(&mut p);
+    b.spec.set_process(Some(p));
+}
+
+fn set_linux(b: &mut Bundle, f: impl FnOnce(&mut oci_spec::runtime::Linux)) {
+    let mut l = b.spec.linux().clone().unwrap();
+    f(&mut l);
+    b.spec.set_linux(Some(l));
+}
+
+#[test]
+fn env_user_groups_and_capabilities() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "user",
+        &["sh", "-c", "echo $FOO; id -u; id -g; id -G; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; pwd; env | wc -l"],
+    );
+    fs::create_dir_all(b.rootfs().join("work")).unwrap();
+    set_process(&mut b, |p| {
+        p.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar".into()]));
+        let mut u = p.user().clone();
+        u.set_uid(1000);
+        u.set_gid(1001);
+        u.set_additional_gids(Some(vec![10, 20]));
+        // Ambient capabilities need the inheritable set too (runc's default spec has none).
+        let mut c = p.capabilities().clone().unwrap();
+        c.set_inheritable(c.ambient().clone());
+        p.set_capabilities(Some(c));
+        p.set_user(u);
+        p.set_cwd("/work".into());
+    });
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10) = 0x20000420.
+    let caps = "0000000020000420";
+    assert_eq!(
+        out,
+        format!(
+            "bar\n1000\n1001\n1001 10 20\nCapInh:\t{caps}\nCapPrm:\t{caps}\nCapEff:\t{caps}\nCapBnd:\t{caps}\nCapAmb:\t{caps}\n/work\n4\n"
+        )
+    );
+}
+
+#[test]
+fn root_user_keeps_only_the_bounding_set_and_rootfs_is_read_only() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new(
+        "ro",
+        &["sh", "-c", "grep CapEff /proc/self/status; touch /x 2>/dev/null && echo rootfs-writable; touch /dev/shm/x && echo shm-ok; (echo 1 > /proc/sys/vm/overcommit_memory) 2>/dev/null || echo procsys-ro; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; ls /dev; grep -c . /proc/self/mounts >/dev/null && echo mounts-ok"],
+    );
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("CapEff:\t0000000020000420"));
+    assert_eq!(lines.next(), Some("shm-ok"));
+    assert_eq!(lines.next(), Some("procsys-ro"));
+    assert_eq!(lines.next(), Some("0"), "/proc/timer_list masked");
+    assert_eq!(lines.next(), Some("0"), "/sys/firmware masked");
+    let rest: Vec<&str> = lines.collect();
+    for dev in [
+        "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+        "tty", "urandom", "zero", "fd",
+    ] {
+        assert!(rest.contains(&dev), "/dev/{dev} missing: {out}");
+    }
+    assert!(rest.contains(&"mounts-ok"));
+}
+
+#[test]
+fn memory_pids_and_cpu_limits_are_applied() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "limits",
+        &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpuset.cpus"],
+    );
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_str(
+        r#"{"memory": {"limit": 67108864, "reservation": 33554432}, "pids": {"limit": 42},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}}"#,
+    )
+    .unwrap();
+    set_linux(&mut b, |l| {
+        l.set_resources(Some(res));
+    });
+    let (r, out) = run(&b);
+    assert_eq!(r, Ok("exit 0".to_string()), "output: {out}");
+    let v1 = "67108864\n42\n512\n50000\n0\n";
+    let v2 = "67108864\n42\n20\n50000 100000\n0\n";
+    assert!(out == v1 || out == v2, "unexpected limits: {out:?}");
+    assert!(!cgroup_exists(&b.cgroup_path()));
+}
+
+#[test]
+fn memory_limit_oom_kills_the_process() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("oom", &["tail", "/dev/zero"]);
+    let res: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(r#"{"memory": {"limit": 16777216, "swap": 16777216}}"#).unwrap();
+    set_linux(&mut b, |l| {
+        l.set_resources(Some(res));
+    });
+    let (r, out) = run(&b);
+    assert_eq!(r, Ok("signal 9".to_string()), "output: {out}");
+}
+
+fn expect_create_error(b: &Bundle, needle: &str) {
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        match container::create(&req, &b.state()) {
+            Ok(c) => Err(format!("create succeeded unexpectedly (pid {})", c.pid)),
+            Err(e) => {
+                // No child may be left: waitpid must report ECHILD.
+                let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+                Ok(format!("{e}|{r}"))
+            }
+        }
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output: {out}"));
+    let (err, wait) = msg.split_once('|').unwrap();
+    assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    assert_eq!(wait, "-1", "a child process was left behind");
+    assert!(!cgroup_exists(&b.cgroup_path()), "cgroup left behind");
+}
+
+#[test]
+fn bad_cwd_missing_binary_and_bad_mount_are_clear_errors_without_leftovers() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("badcwd", &["true"]);
+    set_process(&mut b, |p| {
+        p.set_cwd("/nonexistent".into());
+    });
+    expect_create_error(&b, "cwd /nonexistent: ENOENT");
+
+    let b = Bundle::new("nobin", &["no-such-binary"]);
+    expect_create_error(
+        &b,
+        "exec no-such-binary: executable file not found in $PATH",
+    );
+
+    let mut b = Bundle::new("badmount", &["true"]);
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_str(r#"{"destination": "/data", "type": "nosuchfs", "source": "x"}"#)
+            .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    expect_create_error(&b, "mount nosuchfs on /data: ENODEV");
+
+    let mut b = Bundle::new("escape", &["true"]);
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_str(
+            r#"{"destination": "/../../etc/x", "type": "tmpfs", "source": "tmpfs"}"#,
+        )
+        .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    expect_create_error(&b, "escapes the container rootfs");
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("exec", &["sleep", "30"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let mut p = b.spec.process().clone().unwrap();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; exit 7".into(),
+        ]));
+        p.set_env(Some(vec!["PATH=/bin".into()]));
+        let ereq = ExecRequest {
+            container_pid: created.pid,
+            spec: &b.spec,
+            process: &p,
+            console_socket: None,
+            cgroup_path: b.cgroup_path(),
+            preserve_fds: 0,
+        };
+        let pids_before = container::cgroup_pids(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
+        let in_cgroup = container::cgroup_pids(&b.cgroup_path())
+            .map_err(|e| e.to_string())?
+            .contains(&epid);
+        let est = wait_desc(epid);
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        let ist = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{est} {ist} {:?} {in_cgroup}",
+            pids_before == vec![created.pid]
+        ))
+    });
+    assert_eq!(
+        res,
+        Ok("exit 7 signal 9 true true".to_string()),
+        "output: {out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "runc");
+    assert_eq!(lines[1].trim(), "sleep 30");
+    assert!(
+        lines[2].parse::<i32>().unwrap() > 1,
+        "exec'd process is in the container pid ns: {out}"
+    );
+    assert!(!cgroup_exists(&b.cgroup_path()));
+}

@@ -9,7 +9,7 @@ use oci_spec::runtime::LinuxNamespaceType;
 
 use super::cgroups::Cgroup;
 use super::error::{ContainerError, Result};
-use super::init::{apply_process, report_failure, wait_go};
+use super::init::{apply_process, finish_process, report_failure, wait_go};
 use super::namespaces::{self, SavedNamespaces};
 use super::spawn::{self, clone_process, relocate, Cleanup};
 use super::sync::{self, Channel, MSG_GO, MSG_READY};
@@ -132,6 +132,7 @@ fn child(
         process::set_oom_score_adj("self", adj)?;
     }
     let exec = apply_process(req.process, console_fd, false)?;
+    finish_process(req.process)?;
     sync.send(MSG_READY, &[])?;
     *after_ready = true;
     process::prepare_fds(3 + req.preserve_fds)?;

@@ -182,6 +182,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
         f.write_all(b"0")
             .map_err(ContainerError::io("write exec fifo", "exec fifo"))?;
     }
+    finish_process(proc_)?;
     hooks::run_all(
         hooks_of(req, |h| h.start_container()),
         &state_json,
@@ -192,9 +193,12 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
     Err(exec.exec())
 }
 
-/// Apply `process` to the current process (console, rlimits, capabilities, user, umask, cwd,
-/// no_new_privileges) and prepare its execve. `console_fd`: the console socket when
-/// process.terminal. `bind_console`: bind the pty over /dev/console (init only).
+/// Apply `process` to the current process, first phase: console, rlimits, bounding set, user,
+/// umask, cwd (checked with the user's permissions), and prepare its execve. The effective
+/// capabilities are then raised again (to the still-full permitted set) so that the init can open
+/// the exec FIFO whatever its owner; [`finish_process`] sets the final sets.
+/// `console_fd`: the console socket when process.terminal. `bind_console`: bind the pty over
+/// /dev/console (init only).
 pub(crate) fn apply_process(
     p: &Process,
     console_fd: Option<RawFd>,
@@ -209,10 +213,15 @@ pub(crate) fn apply_process(
     process::apply_rlimits(p)?;
     process::apply_bounding(p)?;
     process::apply_user(p)?;
-    process::apply_caps(p)?;
     process::apply_umask(p);
     process::apply_cwd(p)?;
     let exec = process::ExecArgs::prepare(p)?;
-    process::apply_no_new_privileges(p)?;
+    process::raise_effective()?;
     Ok(exec)
+}
+
+/// Second phase: the final capability sets and no_new_privileges.
+pub(crate) fn finish_process(p: &Process) -> Result<()> {
+    process::apply_caps(p)?;
+    process::apply_no_new_privileges(p)
 }

@@ -121,6 +121,14 @@ pub(crate) fn apply_user(p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// Make the effective set equal to the permitted set (kept across the user switch).
+pub(crate) fn raise_effective() -> Result<()> {
+    let perm = caps::read(None, caps::CapSet::Permitted)
+        .map_err(|e| ContainerError::Init(format!("read permitted capabilities: {e}")))?;
+    caps::set(None, caps::CapSet::Effective, &perm)
+        .map_err(|e| ContainerError::Init(format!("raise effective capabilities: {e}")))
+}
+
 /// Set the inheritable, effective, permitted and ambient sets (after the user switch).
 pub(crate) fn apply_caps(p: &Process) -> Result<()> {
     let Some(c) = p.capabilities() else {
