@@ -74,7 +74,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             write_spec(args, rootless).map(|()| 0)
         }
         Command::Features => {
-            println!("{}", serde_json::to_string_pretty(&features::features())?);
+            println!("{}", features::features_json());
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(cli, args).map(|()| 0),

@@ -1,6 +1,9 @@
 //! The OCI features document printed by `kvmbox features`.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
 
 use super::spec::SPEC_VERSION;
 
@@ -70,28 +73,87 @@ fn capabilities() -> Vec<String> {
         .collect()
 }
 
-/// The features JSON (OCI runtime-spec `features.md`).
+/// The features document, fields in the order of the OCI spec (and runc's output).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FeaturesDoc {
+    oci_version_min: &'static str,
+    oci_version_max: &'static str,
+    hooks: &'static [&'static str],
+    mount_options: &'static [&'static str],
+    linux: LinuxDoc,
+    annotations: BTreeMap<&'static str, &'static str>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LinuxDoc {
+    namespaces: &'static [&'static str],
+    capabilities: Vec<String>,
+    cgroup: CgroupDoc,
+    seccomp: Enabled,
+    apparmor: Enabled,
+    selinux: Enabled,
+    intel_rdt: Enabled,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CgroupDoc {
+    v1: bool,
+    v2: bool,
+    systemd: bool,
+    systemd_user: bool,
+    rdma: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+/// The features document. Seccomp, AppArmor and SELinux are reported disabled: kvmbox does
+/// not apply them (yet).
+fn features_doc() -> FeaturesDoc {
+    FeaturesDoc {
+        oci_version_min: "1.0.0",
+        oci_version_max: SPEC_VERSION,
+        hooks: HOOKS,
+        mount_options: MOUNT_OPTIONS,
+        linux: LinuxDoc {
+            namespaces: NAMESPACES,
+            capabilities: capabilities(),
+            cgroup: CgroupDoc {
+                v1: true,
+                v2: true,
+                systemd: false,
+                systemd_user: false,
+                rdma: false,
+            },
+            seccomp: Enabled { enabled: false },
+            apparmor: Enabled { enabled: false },
+            selinux: Enabled { enabled: false },
+            intel_rdt: Enabled { enabled: false },
+        },
+        annotations: BTreeMap::from([
+            ("io.kvmbox.isolation", "vm,namespace"),
+            ("io.kvmbox.version", env!("CARGO_PKG_VERSION")),
+            (
+                "org.opencontainers.runtime-spec.features.version",
+                SPEC_VERSION,
+            ),
+        ]),
+    }
+}
+
+/// The features JSON (OCI runtime-spec `features.md`) as a value (keys sorted).
 pub fn features() -> Value {
-    json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": SPEC_VERSION,
-        "hooks": HOOKS,
-        "mountOptions": MOUNT_OPTIONS,
-        "linux": {
-            "namespaces": NAMESPACES,
-            "capabilities": capabilities(),
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
-            "seccomp": {"enabled": false},
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false},
-            "intelRdt": {"enabled": false},
-        },
-        "annotations": {
-            "io.kvmbox.isolation": "vm,namespace",
-            "io.kvmbox.version": env!("CARGO_PKG_VERSION"),
-            "org.opencontainers.runtime-spec.features.version": SPEC_VERSION,
-        },
-    })
+    serde_json::to_value(features_doc()).expect("features serialize")
+}
+
+/// The features JSON as pretty text, fields in the spec's order.
+pub fn features_json() -> String {
+    serde_json::to_string_pretty(&features_doc()).expect("features serialize")
 }
 
 #[cfg(test)]
@@ -115,5 +177,7 @@ mod tests {
         assert!(caps.iter().all(|c| c.starts_with("CAP_")));
         assert_eq!(v["linux"]["seccomp"]["enabled"], false);
         assert_eq!(v["annotations"]["io.kvmbox.isolation"], "vm,namespace");
+        let text = features_json();
+        assert!(text.starts_with("{\n  \"ociVersionMin\": \"1.0.0\",\n  \"ociVersionMax\""));
     }
 }
