@@ -1,5 +1,10 @@
 //! The container lifecycle (`create`, `start`, `state`, `kill`, `delete`, `exec`, `ps`, `list`)
 //! on top of the state store and the shared container setup. Used by the CLI and the shim.
+//!
+//! [`Runtime::create`] and [`Runtime::exec`] clone the container process from the calling
+//! process, which therefore becomes its parent (and can `waitpid` it). The container setup
+//! requires the caller to be single-threaded at that moment: the CLI is; a multi-threaded
+//! caller (the shim) must fork a single-threaded helper first.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};

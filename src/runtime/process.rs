@@ -13,14 +13,14 @@ pub enum ProcState {
     Gone,
     /// Exited, not yet reaped: counts as exited.
     Zombie,
-    /// Alive, with its start time (clock ticks since boot, /proc/<pid>/stat field 22).
+    /// Alive, with its start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
     Alive {
         /// Start time in clock ticks since boot.
         start_time: u64,
     },
 }
 
-/// Read /proc/<pid>/stat.
+/// Read `/proc/<pid>/stat`.
 pub fn proc_state(pid: i32) -> ProcState {
     if pid <= 0 {
         return ProcState::Gone;
