@@ -468,3 +468,210 @@ fn exec_into_a_running_container() {
     );
     assert!(!cgroup_exists(&b.cgroup_path()));
 }
+
+fn hook(path: &str, script: &str) -> oci_spec::runtime::Hook {
+    serde_json::from_value(serde_json::json!({
+        "path": path, "args": ["sh", "-c", script], "env": ["PATH=/bin:/usr/bin"], "timeout": 5
+    }))
+    .unwrap()
+}
+
+#[test]
+fn hooks_run_in_order_with_state_and_no_fifo_mode_execs_directly() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("hooks", &["sh", "-c", "cat /hooks.log"]);
+    let log = b.dir.path().join("hooks.log");
+    fs::write(&log, "").unwrap();
+    // createRuntime and createContainer see the host paths; startContainer runs in the container.
+    let l = log.display().to_string();
+    let hooks: oci_spec::runtime::Hooks = serde_json::from_value(serde_json::json!({
+        "createRuntime": [hook("/bin/sh", &format!("grep -q '\"status\":\"creating\"' && echo createRuntime >> {l}"))],
+        "createContainer": [hook("/bin/sh", &format!("grep -o '\"id\":\"[^\"]*\"' >/dev/null && echo createContainer >> {l}"))],
+        "startContainer": [hook("/bin/sh", "echo startContainer >> /hooks.log")],
+    }))
+    .unwrap();
+    b.spec.set_hooks(Some(hooks));
+    let mut root = b.spec.root().clone().unwrap();
+    root.set_readonly(Some(false));
+    b.spec.set_root(Some(root));
+    // The container reads the host log through a bind mount.
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_value(serde_json::json!({
+            "destination": "/hooks.log", "type": "bind", "source": l, "options": ["rbind", "rw"]
+        }))
+        .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    let (res, out) = isolated(|| {
+        let req = b.request(None);
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(st)
+    });
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "createRuntime\ncreateContainer\nstartContainer\n");
+}
+
+#[test]
+fn failing_create_runtime_hook_is_an_error_naming_the_hook() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("badhook", &["true"]);
+    let hooks: oci_spec::runtime::Hooks = serde_json::from_value(serde_json::json!({
+        "createRuntime": [hook("/bin/sh", "exit 4")],
+    }))
+    .unwrap();
+    b.spec.set_hooks(Some(hooks));
+    expect_create_error(&b, "createRuntime hook /bin/sh: failed: exit status: 4");
+}
+
+#[test]
+fn release_of_a_dead_init_is_an_error_not_a_hang() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("dead", &["true"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        let st = wait_desc(created.pid);
+        let r = container::release(&fifo, created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{st}; {}",
+            r.map(|_| "released".to_string())
+                .unwrap_or_else(|e| e.to_string())
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert!(msg.starts_with("signal 9; container process"), "{msg}");
+    assert!(msg.ends_with("is not running"), "{msg}");
+}
+
+/// Receive one fd sent with SCM_RIGHTS.
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> (OwnedFd, Vec<u8>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut fd = None;
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    let n = msg.bytes;
+    (fd.expect("no fd received"), buf[..n].to_vec())
+}
+
+#[test]
+fn terminal_master_is_sent_to_the_console_socket() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("tty", &["sh", "-c", "tty; echo hi-from-tty"]);
+    set_process(&mut b, |p| {
+        p.set_terminal(Some(true));
+    });
+    let sock_path = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let mut req = b.request(Some(&fifo));
+        req.console_socket = Some(&sock_path);
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let (master, name) = recv_fd(&conn);
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        let mut text = Vec::new();
+        let mut f = fs::File::from(master);
+        let _ = f.read_to_end(&mut text); // ends with EIO once the slave is closed
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{st}|{}|{}",
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&text)
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert_eq!(
+        msg, "exit 0|/dev/ptmx|/dev/pts/0\r\nhi-from-tty\r\n",
+        "output {out}"
+    );
+}
+
+#[test]
+fn user_namespace_with_id_mappings() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "userns",
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; hostname",
+        ],
+    );
+    set_linux(&mut b, |l| {
+        let mut ns = l.namespaces().clone().unwrap();
+        ns.push(serde_json::from_str(r#"{"type": "user"}"#).unwrap());
+        l.set_namespaces(Some(ns));
+        l.set_uid_mappings(Some(vec![serde_json::from_str(
+            r#"{"containerID": 0, "hostID": 100000, "size": 65536}"#,
+        )
+        .unwrap()]));
+        l.set_gid_mappings(Some(vec![serde_json::from_str(
+            r#"{"containerID": 0, "hostID": 100000, "size": 65536}"#,
+        )
+        .unwrap()]));
+    });
+    // The rootfs belongs to the container's root.
+    for entry in [
+        "",
+        "bin",
+        "bin/busybox",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "etc",
+        "root",
+        "etc/passwd",
+    ] {
+        nix::unistd::chown(
+            &b.rootfs().join(entry),
+            Some(100000.into()),
+            Some(100000.into()),
+        )
+        .unwrap();
+    }
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["0", "0 100000 65536", "0", "runc"],
+        "output: {out}"
+    );
+}

@@ -275,8 +275,11 @@ impl Cgroup {
             .dir_of("pids")
             .or_else(|| self.dirs().next().map(|d| d.0))
             .ok_or_else(|| self.err("no hierarchy".into()))?;
-        let text = fs::read_to_string(dir.join("cgroup.procs"))
-            .map_err(|e| self.err(format!("read cgroup.procs: {e}")))?;
+        let text = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(format!("read cgroup.procs: {e}"))),
+        };
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
