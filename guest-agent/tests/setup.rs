@@ -675,3 +675,105 @@ fn user_namespace_with_id_mappings() {
         "output: {out}"
     );
 }
+
+#[test]
+fn no_pivot_sysctl_and_preserved_fds() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "nopivot",
+        &[
+            "sh",
+            "-c",
+            "cat <&3; cat /proc/sys/net/ipv4/ip_forward; ls /proc/self/fd | tr '\\n' ' '",
+        ],
+    );
+    set_linux(&mut b, |l| {
+        l.set_sysctl(Some(
+            [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        ));
+    });
+    let data = b.dir.path().join("fd3.txt");
+    fs::write(&data, "preserved\n").unwrap();
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let f = fs::File::open(&data).map_err(|e| e.to_string())?;
+        unsafe { libc::dup2(f.as_raw_fd(), 3) };
+        let mut req = b.request(Some(&fifo));
+        req.no_pivot = true;
+        req.preserve_fds = 1;
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(st)
+    });
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "preserved\n1\n0 1 2 3 4 ");
+}
+
+#[test]
+fn network_namespace_joined_by_path() {
+    if !is_root() {
+        return;
+    }
+    let a = Bundle::new("netns-a", &["sleep", "30"]);
+    let mut b = Bundle::new(
+        "netns-b",
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/uts",
+        ],
+    );
+    let fifo = a.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = a.request(Some(&fifo));
+        let ca = container::create(&req, &a.state()).map_err(|e| e.to_string())?;
+        let net_a = fs::read_link(format!("/proc/{}/ns/net", ca.pid)).map_err(|e| e.to_string())?;
+        let uts_a = fs::read_link(format!("/proc/{}/ns/uts", ca.pid)).map_err(|e| e.to_string())?;
+        let own_net = fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+        set_linux(&mut b, |l| {
+            let ns: Vec<oci_spec::runtime::LinuxNamespace> = l
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|n| {
+                    if n.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+                        serde_json::from_value(serde_json::json!({"type": "network", "path": format!("/proc/{}/ns/net", ca.pid)})).unwrap()
+                    } else {
+                        n
+                    }
+                })
+                .collect();
+            l.set_namespaces(Some(ns));
+        });
+        let rb = b.request(None);
+        let cb = container::create(&rb, &b.state()).map_err(|e| e.to_string())?;
+        let stb = wait_desc(cb.pid);
+        let still_own = fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())? == own_net;
+        unsafe { libc::kill(ca.pid, libc::SIGKILL) };
+        wait_desc(ca.pid);
+        container::destroy_cgroup(&a.cgroup_path()).map_err(|e| e.to_string())?;
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{stb}|{}|{}|{still_own}",
+            net_a.display(),
+            uts_a.display()
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    let parts: Vec<&str> = msg.split('|').collect();
+    assert_eq!(parts[0], "exit 0", "output {out}");
+    assert_eq!(
+        parts[3], "true",
+        "the caller went back to its own network namespace"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], parts[1], "B shares A's network namespace");
+    assert_ne!(lines[1], parts[2], "B has its own uts namespace");
+}
