@@ -48,6 +48,11 @@ fn is_root() -> bool {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Held while a file is open for writing and while forking, so that no forked test child
+/// inherits a write fd of another test's busybox copy (which would make its exec fail with
+/// ETXTBSY).
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A bundle: tempdir with rootfs/ (busybox) and a spec.
 struct Bundle {
     dir: tempfile::TempDir,
@@ -97,7 +102,10 @@ impl Bundle {
         for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        {
+            let _g = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        }
         for a in APPLETS {
             symlink("busybox", rootfs.join("bin").join(a)).unwrap();
         }
@@ -156,7 +164,10 @@ fn isolated(f: impl FnOnce() -> Result<String, String>) -> (Result<String, Strin
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let pid = unsafe { libc::fork() };
+    let pid = {
+        let _g = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        unsafe { libc::fork() }
+    };
     assert!(pid >= 0);
     if pid == 0 {
         drop(r);
@@ -776,4 +787,26 @@ fn network_namespace_joined_by_path() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], parts[1], "B shares A's network namespace");
     assert_ne!(lines[1], parts[2], "B has its own uts namespace");
+}
+
+#[test]
+fn cgroup_namespace_is_rooted_at_the_container_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "cgns",
+        &["sh", "-c", "grep -c -v ':/$' /proc/self/cgroup; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"],
+    );
+    set_linux(&mut b, |l| {
+        let mut ns = l.namespaces().clone().unwrap();
+        ns.push(serde_json::from_str(r#"{"type": "cgroup"}"#).unwrap());
+        l.set_namespaces(Some(ns));
+        l.set_resources(Some(
+            serde_json::from_str(r#"{"pids": {"limit": 17}}"#).unwrap(),
+        ));
+    });
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "0\n17\n");
 }

@@ -122,6 +122,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     rootfs::prepare_root(&req.rootfs, linux.rootfs_propagation().as_deref())?;
     let rctx = RootfsContext {
+        cgroupns: ctx.plan.cgroupns,
         rootfs: &req.rootfs,
         bundle: req.bundle,
         userns,
