@@ -810,3 +810,23 @@ fn cgroup_namespace_is_rooted_at_the_container_cgroup() {
     assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
     assert_eq!(out, "0\n17\n");
 }
+
+#[test]
+fn device_cgroup_denies_all_but_the_default_devices() {
+    if !is_root() || !Path::new("/sys/fs/cgroup/devices").exists() {
+        return;
+    }
+    let b = Bundle::new(
+        "devices",
+        &["sh", "-c", "head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; cat /sys/fs/cgroup/devices/devices.list"],
+    );
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["3", "null-ok"]);
+    assert!(!lines.contains(&"a *:* rwm"), "deny-all not applied: {out}");
+    assert!(
+        lines.contains(&"c 1:3 rwm") && lines.contains(&"c 136:* rwm"),
+        "{out}"
+    );
+}

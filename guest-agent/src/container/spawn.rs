@@ -230,7 +230,10 @@ pub(crate) fn create(req: &CreateRequest<'_>, state: &OciState) -> Result<Create
         pid: None,
         cgroup: Some(&cgroup),
     };
-    cgroup.create(linux.resources().as_ref())?;
+    cgroup.create(
+        linux.resources().as_ref(),
+        linux.devices().as_deref().unwrap_or(&[]),
+    )?;
 
     let hooks = spec.hooks().as_ref();
     let in_container_hooks = hooks.is_some_and(|h| {
