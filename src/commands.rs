@@ -189,6 +189,12 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
             p
         }
     };
+    apply_exec_flags(&mut process, args)?;
+    Ok(process)
+}
+
+/// Apply exec's --tty/--cwd/--env/--user/--additional-gids/--cap/--no-new-privs to `process`.
+fn apply_exec_flags(process: &mut Process, args: &ExecArgs) -> Result<()> {
     if args.tty {
         process.set_terminal(Some(true));
     }
@@ -254,7 +260,7 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
     if args.no_new_privs {
         process.set_no_new_privileges(Some(true));
     }
-    Ok(process)
+    Ok(())
 }
 
 fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
@@ -463,6 +469,67 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn exec_args(flags: &[&str]) -> ExecArgs {
+        use clap::Parser;
+        let mut argv = vec!["kvmbox", "exec"];
+        argv.extend_from_slice(flags);
+        argv.extend_from_slice(&["c1", "--", "sh"]);
+        match Cli::parse_from(argv).command {
+            Command::Exec(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_flags_override_the_process() {
+        let mut p = Process::default();
+        let args = exec_args(&[
+            "-t",
+            "--cwd",
+            "/tmp",
+            "-e",
+            "TERM=dumb",
+            "-e",
+            "NEW=1",
+            "-u",
+            "1000:1001",
+            "-g",
+            "7",
+            "--cap",
+            "sys_admin",
+            "--no-new-privs",
+        ]);
+        assert_eq!(args.command, ["sh"]);
+        apply_exec_flags(&mut p, &args).unwrap();
+        assert_eq!(p.terminal(), Some(true));
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        let env = p.env().clone().unwrap();
+        assert!(env.contains(&"TERM=dumb".to_string()));
+        assert!(!env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"NEW=1".to_string()));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1001));
+        assert_eq!(p.user().additional_gids(), &Some(vec![7]));
+        let caps = p.capabilities().clone().unwrap();
+        for set in [
+            caps.bounding(),
+            caps.effective(),
+            caps.permitted(),
+            caps.ambient(),
+        ] {
+            assert!(set.as_ref().unwrap().contains(&Capability::SysAdmin));
+        }
+        assert_eq!(p.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn exec_flags_reject_bad_values() {
+        let mut p = Process::default();
+        let err = apply_exec_flags(&mut p, &exec_args(&["-u", "root"])).unwrap_err();
+        assert!(err.to_string().contains("uid must be a number"), "{err}");
+        let err = apply_exec_flags(&mut p, &exec_args(&["--cap", "CAP_NOPE"])).unwrap_err();
+        assert_eq!(err.to_string(), "--cap \"CAP_NOPE\": unknown capability");
     }
 
     #[test]
