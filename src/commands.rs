@@ -19,7 +19,7 @@ use crate::logging::{self, LogTarget};
 use crate::runtime::console::ConsoleListener;
 use crate::runtime::{
     bundle, features, parse_signal, spec, Bundle, CreateOptions, ExecOptions, Isolation, Runtime,
-    Status,
+    RuntimeError, Status,
 };
 
 use tty::TtyProxy;
@@ -61,10 +61,12 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             rt.kill(&args.id, signal, args.all)?;
             Ok(0)
         }
-        Command::Delete(args) => rt
-            .delete(&args.id, args.force)
-            .map(|()| 0)
-            .map_err(Into::into),
+        Command::Delete(args) => match rt.delete(&args.id, args.force) {
+            Ok(()) => Ok(0),
+            // Like runc: `delete --force` only makes sure the container is gone.
+            Err(RuntimeError::NotFound(_)) if args.force => Ok(0),
+            Err(e) => Err(e.into()),
+        },
         Command::Run(args) => run(&rt, args),
         Command::Exec(args) => exec(&rt, args),
         Command::Ps(args) => ps(&rt, args).map(|()| 0),
