@@ -149,11 +149,13 @@ fn run(rt: &Runtime, args: &RunArgs) -> Result<i32> {
         None => None,
     };
     drop(private_console);
+    // Proxy (and size the pty) before the process starts, so it sees the right window size.
+    let proxy = master.map(TtyProxy::start);
     if let Err(e) = rt.start(&c.id) {
+        drop(proxy);
         cleanup(rt, &c.id, record.pid);
         return Err(e.into());
     }
-    let proxy = master.map(TtyProxy::start);
     let code = wait_forwarding(record.pid, &signals, proxy.as_ref());
     if let Some(proxy) = proxy {
         proxy.finish(OUTPUT_GRACE);
@@ -266,9 +268,12 @@ fn apply_exec_flags(process: &mut Process, args: &ExecArgs) -> Result<()> {
 }
 
 fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
-    let process = exec_process(rt, args)?;
+    let mut process = exec_process(rt, args)?;
     let terminal = process.terminal().unwrap_or(false);
     let private_console = if terminal && args.console_socket.is_none() && !args.detach {
+        if let Some(size) = tty::terminal_size() {
+            process.set_console_size(Some(size));
+        }
         Some(ConsoleListener::bind_private()?)
     } else {
         None
