@@ -36,7 +36,7 @@ pub fn main(cli: Cli) -> i32 {
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = one_line(&format!("{e:#}"));
             eprintln!("kvmbox: error: {msg}");
             if target == LogTarget::File {
                 tracing::error!("{msg}");
@@ -44,6 +44,15 @@ pub fn main(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// Fold a possibly multi-line message (e.g. a hook's stderr) into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {
@@ -537,6 +546,15 @@ mod tests {
         assert!(err.to_string().contains("uid must be a number"), "{err}");
         let err = apply_exec_flags(&mut p, &exec_args(&["--cap", "CAP_NOPE"])).unwrap_err();
         assert_eq!(err.to_string(), "--cap \"CAP_NOPE\": unknown capability");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(
+            one_line("hook failed: out\n  more\n\n"),
+            "hook failed: out; more"
+        );
+        assert_eq!(one_line("plain"), "plain");
     }
 
     #[test]
