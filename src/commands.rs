@@ -413,7 +413,7 @@ fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Left-aligned columns separated by at least 3 spaces (like runc's tabwriter).
+/// Left-aligned columns separated by at least 3 spaces, at least 12 wide (like runc's list).
 fn table(rows: &[[String; 6]]) -> Vec<String> {
     let mut widths = [0usize; 6];
     for row in rows {
@@ -428,7 +428,9 @@ fn table(rows: &[[String; 6]]) -> Vec<String> {
                 if i + 1 == row.len() {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+                    // runc's tabwriter: cells padded by 3, columns at least 12 wide.
+                    let width = (widths[i] + 3).max(12);
+                    line.push_str(&format!("{cell:<width$}"));
                 }
             }
             line
@@ -577,6 +579,10 @@ mod tests {
             ["long-id", "1", "running", "/b", "t", "root"].map(String::from),
         ];
         let lines = table(&rows);
+        assert!(
+            lines[0].starts_with("ID          PID         STATUS"),
+            "{lines:?}"
+        );
         assert_eq!(lines[0].find("PID"), lines[1].find('1'));
         assert_eq!(lines[0].find("OWNER"), lines[1].find("root"));
     }
