@@ -830,3 +830,41 @@ fn device_cgroup_denies_all_but_the_default_devices() {
         "{out}"
     );
 }
+
+#[test]
+fn seccomp_profile_is_enforced_with_and_without_no_new_privileges() {
+    if !is_root() {
+        return;
+    }
+    for nnp in [true, false] {
+        let mut b = Bundle::new(
+            "seccomp",
+            &[
+                "sh",
+                "-c",
+                "mkdir /dev/shm/x; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+            ],
+        );
+        set_process(&mut b, |p| {
+            p.set_no_new_privileges(Some(nnp));
+        });
+        set_linux(&mut b, |l| {
+            l.set_seccomp(Some(
+                serde_json::from_str(
+                    r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}"#,
+                )
+                .unwrap(),
+            ));
+        });
+        let (res, out) = run(&b);
+        assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+        assert_eq!(
+            out,
+            format!(
+                "mkdir: can't create directory '/dev/shm/x': Function not implemented\nNoNewPrivs:\t{}\nSeccomp:\t2\n",
+                nnp as u8
+            )
+        );
+    }
+}
