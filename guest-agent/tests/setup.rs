@@ -868,3 +868,55 @@ fn seccomp_profile_is_enforced_with_and_without_no_new_privileges() {
         );
     }
 }
+
+#[test]
+fn exec_with_a_terminal_and_a_different_user() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("exectty", &["sleep", "30"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let sock_path = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let mut p = b.spec.process().clone().unwrap();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "tty; id -u; echo $X".into(),
+        ]));
+        p.set_env(Some(vec!["PATH=/bin".into(), "X=exec-env".into()]));
+        p.set_terminal(Some(true));
+        let mut u = p.user().clone();
+        u.set_uid(123);
+        u.set_gid(123);
+        p.set_user(u);
+        let ereq = ExecRequest {
+            container_pid: created.pid,
+            spec: &b.spec,
+            process: &p,
+            console_socket: Some(&sock_path),
+            cgroup_path: b.cgroup_path(),
+            preserve_fds: 0,
+        };
+        let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
+        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let (master, _) = recv_fd(&conn);
+        let est = wait_desc(epid);
+        let mut text = Vec::new();
+        let _ = fs::File::from(master).read_to_end(&mut text);
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!("{est}|{}", String::from_utf8_lossy(&text)))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert_eq!(
+        msg, "exit 0|/dev/pts/0\r\n123\r\nexec-env\r\n",
+        "output {out}"
+    );
+}
