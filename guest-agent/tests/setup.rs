@@ -918,3 +918,28 @@ fn exec_with_a_terminal_and_a_different_user() {
         "output {out}"
     );
 }
+
+#[test]
+fn rlimits_oom_score_adj_umask_and_domainname() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "rlimits",
+        &["sh", "-c", "ulimit -n; ulimit -Hn; cat /proc/self/oom_score_adj; umask; cat /proc/sys/kernel/domainname"],
+    );
+    set_process(&mut b, |p| {
+        p.set_rlimits(Some(vec![serde_json::from_str(
+            r#"{"type": "RLIMIT_NOFILE", "soft": 1234, "hard": 2345}"#,
+        )
+        .unwrap()]));
+        p.set_oom_score_adj(Some(500));
+        let mut u = p.user().clone();
+        u.set_umask(Some(0o077));
+        p.set_user(u);
+    });
+    b.spec.set_domainname(Some("example.org".into()));
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "1234\n2345\n500\n0077\nexample.org\n");
+}
