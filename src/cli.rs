@@ -50,7 +50,7 @@ pub struct Cli {
     /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility.
+    /// Accepted for runc compatibility; with `spec`, generates a rootless spec.
     #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     #[command(subcommand)]
@@ -233,9 +233,7 @@ pub struct SpecArgs {
     /// Directory to write config.json into.
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Generate a spec for a rootless container (user namespace, no cgroups).
-    #[arg(long = "rootless")]
-    pub rootless_spec: bool,
+    // `--rootless` (global) selects a rootless spec: a local flag of the same name would clash.
 }
 
 /// Output format of `bench`.

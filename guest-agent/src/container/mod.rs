@@ -5,13 +5,28 @@
 //! FIFO until `start` opens it, then execs the user process. [`exec`] starts another process in
 //! the namespaces and cgroup of a running container.
 
+mod cgroups;
+mod console;
+mod devices;
 pub mod error;
+mod exec;
+mod hooks;
+mod init;
+mod mount_options;
+mod namespaces;
+mod paths;
+mod process;
+mod release;
+mod rootfs;
+mod secure_path;
+mod spawn;
 pub mod state;
+mod sync;
+mod sysctl;
 
 pub use error::ContainerError;
 pub use state::{OciState, Status};
 
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Process, Spec};
@@ -72,34 +87,37 @@ pub struct ExecRequest<'a> {
 /// the container's) with `state` (status "creating", pid filled in) on their stdin. Returns once
 /// the init is blocked on the exec FIFO (or has exec'd when `exec_fifo` is None). On any error the
 /// init is killed and reaped and the cgroup removed: nothing is left behind.
+///
+/// **The caller must be single-threaded**: the init is a fork-like clone of the caller, and the
+/// caller temporarily joins namespaces given by path around the clone.
+/// When `process.terminal` is true but no console socket is given, stdio is inherited.
 pub fn create(req: &CreateRequest<'_>, state: &OciState) -> Result<Created, ContainerError> {
-    let _ = (req, state);
-    todo!("container::create")
+    spawn::create(req, state)
 }
 
 /// Start a process inside a running container; returns its PID (a child of the caller).
+///
+/// Returns once the process has exec'd (or with the precise setup/exec error). **The caller must
+/// be single-threaded** (see [`create`]).
 pub fn exec(req: &ExecRequest<'_>) -> Result<i32, ContainerError> {
-    let _ = req;
-    todo!("container::exec")
+    exec::exec(req)
 }
 
 /// Open the exec FIFO for reading and release the init (the `start` step). Errors if the init is
-/// gone.
+/// gone. Never blocks forever: it waits on the FIFO and on a pidfd of the init together.
 pub fn release(exec_fifo: &Path, init_pid: i32) -> Result<(), ContainerError> {
-    let _ = (exec_fifo, init_pid);
-    todo!("container::release")
+    release::release(exec_fifo, init_pid)
 }
 
 /// Remove the container's cgroup (killing anything left in it first).
 pub fn destroy_cgroup(cgroup_path: &str) -> Result<(), ContainerError> {
-    let _ = cgroup_path;
-    todo!("container::destroy_cgroup")
+    cgroups::Cgroup::open(cgroup_path)?.destroy()
 }
 
-/// PIDs (in the caller's pid namespace) of every process in the container's cgroup.
+/// PIDs (in the caller's pid namespace) of every process in the container's cgroup (empty if
+/// the cgroup does not exist).
 pub fn cgroup_pids(cgroup_path: &str) -> Result<Vec<i32>, ContainerError> {
-    let _ = cgroup_path;
-    todo!("container::cgroup_pids")
+    cgroups::Cgroup::open(cgroup_path)?.procs()
 }
 
 /// Run a list of hooks (poststart, poststop, ...) in the caller's namespaces, each with `state`
@@ -109,10 +127,10 @@ pub fn run_hooks(
     state: &OciState,
     kind: &str,
 ) -> Result<(), ContainerError> {
-    let _ = (hooks, state, kind);
-    todo!("container::run_hooks")
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(state)
+        .map_err(|e| ContainerError::InvalidSpec(format!("serialize state: {e}")))?;
+    hooks::run_all(hooks, &json, kind)
 }
-
-/// Unused placeholder so RawFd stays referenced until implemented.
-#[doc(hidden)]
-pub type Fd = RawFd;

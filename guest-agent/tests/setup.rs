@@ -1,0 +1,470 @@
+//! Root-only end-to-end tests of the container setup: a busybox rootfs, a runc-default spec,
+//! `create` (+ exec FIFO) / `release` / waitpid, and checks of what the container saw.
+//!
+//! `create` requires a single-threaded caller, so every scenario runs in a forked copy of the
+//! test process (glibc fork) that does the whole lifecycle and reports back through a pipe.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use guest_agent::container::{self, CreateRequest, ExecRequest, OciState, Status};
+use oci_spec::runtime::Spec;
+
+const APPLETS: &[&str] = &[
+    "sh",
+    "echo",
+    "cat",
+    "true",
+    "false",
+    "hostname",
+    "id",
+    "sleep",
+    "grep",
+    "dd",
+    "tail",
+    "env",
+    "pwd",
+    "ls",
+    "touch",
+    "head",
+    "wc",
+    "mount",
+    "domainname",
+    "ulimit",
+    "stat",
+];
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists() {
+        return true;
+    }
+    eprintln!("note: skipping: these tests need root and /bin/busybox");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A bundle: tempdir with rootfs/ (busybox) and a spec.
+struct Bundle {
+    dir: tempfile::TempDir,
+    id: String,
+    spec: Spec,
+}
+
+const RUNC_DEFAULT: &str = r#"{
+ "ociVersion": "1.0.2-dev",
+ "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+   "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+   "cwd": "/",
+   "capabilities": {
+     "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+     "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+     "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+     "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]},
+   "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+   "noNewPrivileges": true},
+ "root": {"path": "rootfs", "readonly": true},
+ "hostname": "runc",
+ "mounts": [
+  {"destination": "/proc", "type": "proc", "source": "proc"},
+  {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+  {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+  {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+  {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+  {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+  {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+ ],
+ "linux": {
+  "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+  "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+  "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+  "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+ }
+}"#;
+
+impl Bundle {
+    fn new(tag: &str, args: &[&str]) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("kvmbox-setup-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+        }
+        fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let mut spec: Spec = serde_json::from_str(RUNC_DEFAULT).unwrap();
+        let mut p = spec.process().clone().unwrap();
+        p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        spec.set_process(Some(p));
+        let id = format!(
+            "setup-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        Bundle { dir, id, spec }
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    fn cgroup_path(&self) -> String {
+        format!("/kvmbox-test/{}", self.id)
+    }
+
+    fn state(&self) -> OciState {
+        OciState {
+            oci_version: "1.0.2".into(),
+            id: self.id.clone(),
+            status: Status::Creating,
+            pid: 0,
+            bundle: self.dir.path().to_path_buf(),
+            annotations: Default::default(),
+            created: None,
+        }
+    }
+
+    fn request<'a>(&'a self, fifo: Option<&'a Path>) -> CreateRequest<'a> {
+        CreateRequest {
+            id: &self.id,
+            bundle: self.dir.path(),
+            spec: &self.spec,
+            rootfs: self.rootfs(),
+            exec_fifo: fifo,
+            console_socket: None,
+            no_pivot: false,
+            preserve_fds: 0,
+            cgroup_path: self.cgroup_path(),
+        }
+    }
+}
+
+/// Run `f` in a forked, single-threaded copy of this process with stdout/stderr sent to a file;
+/// returns (f's result, captured output).
+fn isolated(f: impl FnOnce() -> Result<String, String>) -> (Result<String, String>, String) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(r);
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let o = fs::OpenOptions::new().write(true).open(out.path()).unwrap();
+            unsafe {
+                libc::dup2(o.as_raw_fd(), 1);
+                libc::dup2(o.as_raw_fd(), 2);
+            }
+            f()
+        }));
+        let msg = match res {
+            Ok(Ok(s)) => format!("O{s}"),
+            Ok(Err(e)) => format!("E{e}"),
+            Err(_) => "Epanic in the isolated child".to_string(),
+        };
+        let mut wf = fs::File::from(w);
+        let _ = std::io::Write::write_all(&mut wf, msg.as_bytes());
+        unsafe { libc::_exit(0) };
+    }
+    drop(w);
+    let mut s = String::new();
+    fs::File::from(r).read_to_string(&mut s).unwrap();
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let output = fs::read_to_string(out.path()).unwrap_or_default();
+    let res = match s.split_at_checked(1) {
+        Some(("O", rest)) => Ok(rest.to_string()),
+        Some(("E", rest)) => Err(rest.to_string()),
+        _ => Err(format!(
+            "isolated child died (status {status}); output: {output}"
+        )),
+    };
+    (res, output)
+}
+
+/// Describe a wait status like a shell would: "exit N" or "signal N".
+fn wait_desc(pid: i32) -> String {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    } else {
+        format!("signal {}", libc::WTERMSIG(status))
+    }
+}
+
+fn cgroup_exists(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    ["pids", "memory", "cpuset", "freezer"]
+        .iter()
+        .any(|c| Path::new("/sys/fs/cgroup").join(c).join(rel).exists())
+        || (Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            && Path::new("/sys/fs/cgroup").join(rel).exists())
+}
+
+/// create with a FIFO, release, wait; returns the exit description, output in the second value.
+fn run(b: &Bundle) -> (Result<String, String>, String) {
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let _ = fs::remove_file(&fifo);
+        let st = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(st)
+    })
+}
+
+#[test]
+fn echo_exit_status_and_hostname() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("echo", &["sh", "-c", "echo hello; hostname; exit 3"]);
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 3".to_string()), "output: {out}");
+    assert_eq!(out, "hello\nrunc\n");
+    assert!(!cgroup_exists(&b.cgroup_path()));
+}
+
+fn set_process(b: &mut Bundle, f: impl FnOnce(&mut oci_spec::runtime::Process)) {
+    let mut p = b.spec.process().clone().unwrap();
+    f(&mut p);
+    b.spec.set_process(Some(p));
+}
+
+fn set_linux(b: &mut Bundle, f: impl FnOnce(&mut oci_spec::runtime::Linux)) {
+    let mut l = b.spec.linux().clone().unwrap();
+    f(&mut l);
+    b.spec.set_linux(Some(l));
+}
+
+#[test]
+fn env_user_groups_and_capabilities() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "user",
+        &["sh", "-c", "echo $FOO; id -u; id -g; id -G; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; pwd; env | wc -l"],
+    );
+    fs::create_dir_all(b.rootfs().join("work")).unwrap();
+    set_process(&mut b, |p| {
+        p.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar".into()]));
+        let mut u = p.user().clone();
+        u.set_uid(1000);
+        u.set_gid(1001);
+        u.set_additional_gids(Some(vec![10, 20]));
+        // Ambient capabilities need the inheritable set too (runc's default spec has none).
+        let mut c = p.capabilities().clone().unwrap();
+        c.set_inheritable(c.ambient().clone());
+        p.set_capabilities(Some(c));
+        p.set_user(u);
+        p.set_cwd("/work".into());
+    });
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10) = 0x20000420.
+    let caps = "0000000020000420";
+    assert_eq!(
+        out,
+        format!(
+            "bar\n1000\n1001\n1001 10 20\nCapInh:\t{caps}\nCapPrm:\t{caps}\nCapEff:\t{caps}\nCapBnd:\t{caps}\nCapAmb:\t{caps}\n/work\n4\n"
+        )
+    );
+}
+
+#[test]
+fn root_user_keeps_only_the_bounding_set_and_rootfs_is_read_only() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new(
+        "ro",
+        &["sh", "-c", "grep CapEff /proc/self/status; touch /x 2>/dev/null && echo rootfs-writable; touch /dev/shm/x && echo shm-ok; (echo 1 > /proc/sys/vm/overcommit_memory) 2>/dev/null || echo procsys-ro; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; ls /dev; grep -c . /proc/self/mounts >/dev/null && echo mounts-ok"],
+    );
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("CapEff:\t0000000020000420"));
+    assert_eq!(lines.next(), Some("shm-ok"));
+    assert_eq!(lines.next(), Some("procsys-ro"));
+    assert_eq!(lines.next(), Some("0"), "/proc/timer_list masked");
+    assert_eq!(lines.next(), Some("0"), "/sys/firmware masked");
+    let rest: Vec<&str> = lines.collect();
+    for dev in [
+        "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+        "tty", "urandom", "zero", "fd",
+    ] {
+        assert!(rest.contains(&dev), "/dev/{dev} missing: {out}");
+    }
+    assert!(rest.contains(&"mounts-ok"));
+}
+
+#[test]
+fn memory_pids_and_cpu_limits_are_applied() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "limits",
+        &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpuset.cpus"],
+    );
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_str(
+        r#"{"memory": {"limit": 67108864, "reservation": 33554432}, "pids": {"limit": 42},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}}"#,
+    )
+    .unwrap();
+    set_linux(&mut b, |l| {
+        l.set_resources(Some(res));
+    });
+    let (r, out) = run(&b);
+    assert_eq!(r, Ok("exit 0".to_string()), "output: {out}");
+    let v1 = "67108864\n42\n512\n50000\n0\n";
+    let v2 = "67108864\n42\n20\n50000 100000\n0\n";
+    assert!(out == v1 || out == v2, "unexpected limits: {out:?}");
+    assert!(!cgroup_exists(&b.cgroup_path()));
+}
+
+#[test]
+fn memory_limit_oom_kills_the_process() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("oom", &["tail", "/dev/zero"]);
+    let res: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(r#"{"memory": {"limit": 16777216, "swap": 16777216}}"#).unwrap();
+    set_linux(&mut b, |l| {
+        l.set_resources(Some(res));
+    });
+    let (r, out) = run(&b);
+    assert_eq!(r, Ok("signal 9".to_string()), "output: {out}");
+}
+
+fn expect_create_error(b: &Bundle, needle: &str) {
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        match container::create(&req, &b.state()) {
+            Ok(c) => Err(format!("create succeeded unexpectedly (pid {})", c.pid)),
+            Err(e) => {
+                // No child may be left: waitpid must report ECHILD.
+                let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+                Ok(format!("{e}|{r}"))
+            }
+        }
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output: {out}"));
+    let (err, wait) = msg.split_once('|').unwrap();
+    assert!(err.contains(needle), "error {err:?} lacks {needle:?}");
+    assert_eq!(wait, "-1", "a child process was left behind");
+    assert!(!cgroup_exists(&b.cgroup_path()), "cgroup left behind");
+}
+
+#[test]
+fn bad_cwd_missing_binary_and_bad_mount_are_clear_errors_without_leftovers() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("badcwd", &["true"]);
+    set_process(&mut b, |p| {
+        p.set_cwd("/nonexistent".into());
+    });
+    expect_create_error(&b, "cwd /nonexistent: ENOENT");
+
+    let b = Bundle::new("nobin", &["no-such-binary"]);
+    expect_create_error(
+        &b,
+        "exec no-such-binary: executable file not found in $PATH",
+    );
+
+    let mut b = Bundle::new("badmount", &["true"]);
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_str(r#"{"destination": "/data", "type": "nosuchfs", "source": "x"}"#)
+            .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    expect_create_error(&b, "mount nosuchfs on /data: ENODEV");
+
+    let mut b = Bundle::new("escape", &["true"]);
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_str(
+            r#"{"destination": "/../../etc/x", "type": "tmpfs", "source": "tmpfs"}"#,
+        )
+        .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    expect_create_error(&b, "escapes the container rootfs");
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("exec", &["sleep", "30"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let mut p = b.spec.process().clone().unwrap();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; exit 7".into(),
+        ]));
+        p.set_env(Some(vec!["PATH=/bin".into()]));
+        let ereq = ExecRequest {
+            container_pid: created.pid,
+            spec: &b.spec,
+            process: &p,
+            console_socket: None,
+            cgroup_path: b.cgroup_path(),
+            preserve_fds: 0,
+        };
+        let pids_before = container::cgroup_pids(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
+        let in_cgroup = container::cgroup_pids(&b.cgroup_path())
+            .map_err(|e| e.to_string())?
+            .contains(&epid);
+        let est = wait_desc(epid);
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        let ist = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{est} {ist} {:?} {in_cgroup}",
+            pids_before == vec![created.pid]
+        ))
+    });
+    assert_eq!(
+        res,
+        Ok("exit 7 signal 9 true true".to_string()),
+        "output: {out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "runc");
+    assert_eq!(lines[1].trim(), "sleep 30");
+    assert!(
+        lines[2].parse::<i32>().unwrap() > 1,
+        "exec'd process is in the container pid ns: {out}"
+    );
+    assert!(!cgroup_exists(&b.cgroup_path()));
+}
