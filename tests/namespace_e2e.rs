@@ -633,10 +633,10 @@ fn invalid_ids_are_rejected() {
     let bundle = h.bundle(&["true"]);
     let long = "x".repeat(1025);
     for (id, needle) in [
-        ("", "id"),
+        ("", "container id"),
         ("..", ".."),
         ("a/b", "a/b"),
-        (long.as_str(), "id"),
+        (long.as_str(), "container id"),
     ] {
         let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), id]);
         if testing_kvmbox() {
