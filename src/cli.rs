@@ -252,7 +252,7 @@ pub struct BenchArgs {
     /// Output format (json goes to stdout for machines).
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
-    /// Directory for the SVG chart and the markdown table.
+    /// Directory to write the markdown results table (results.md) into.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Skip peers (runc, crun) even when installed.
