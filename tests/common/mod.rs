@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Cgroup v1 controllers that kvmbox manages, whose `kvmbox/<id>` dirs must not outlive a container.
-pub const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset"];
+pub const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacct", "freezer"];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
