@@ -23,24 +23,18 @@ pub fn find_busybox() -> Result<PathBuf, BenchError> {
         .ok_or(BenchError::Missing("busybox"))
 }
 
-/// The spec every runtime runs: the default spec (as `runc spec` writes it) with `/bin/true` as
-/// the process, minus the `/sys/fs/cgroup` mount (not part of what kvmbox mounts yet).
-pub fn bench_spec() -> Spec {
-    let mut spec = Spec::default();
-    if let Some(mut process) = spec.process().clone() {
-        process.set_args(Some(vec!["/bin/true".into()]));
-        process.set_terminal(Some(false));
-        spec.set_process(Some(process));
+/// The spec every runtime runs: `runc spec`'s default (oci-spec's default without the cgroup
+/// namespace, devices denied) with `/bin/true` as the process and no terminal.
+pub fn bench_spec() -> Result<Spec, BenchError> {
+    let mut v = serde_json::to_value(Spec::default())?;
+    v["process"]["args"] = serde_json::json!(["/bin/true"]);
+    v["process"]["terminal"] = serde_json::json!(false);
+    v["hostname"] = serde_json::json!("bench");
+    if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "cgroup");
     }
-    spec.set_hostname(Some("bench".into()));
-    if let Some(mounts) = spec.mounts().clone() {
-        let kept = mounts
-            .into_iter()
-            .filter(|m| m.destination() != Path::new("/sys/fs/cgroup"))
-            .collect();
-        spec.set_mounts(Some(kept));
-    }
-    spec
+    v["linux"]["resources"]["devices"] = serde_json::json!([{"allow": false, "access": "rwm"}]);
+    Ok(serde_json::from_value(v)?)
 }
 
 /// Write a busybox bundle (rootfs/bin/busybox, rootfs/bin/true, config.json) into `dir`.
@@ -61,7 +55,7 @@ pub fn write_bundle(dir: &Path, busybox: &Path) -> Result<(), BenchError> {
         std::os::unix::fs::symlink("busybox", &link).map_err(io("symlink", &link))?;
     }
     let config = dir.join("config.json");
-    let json = serde_json::to_vec_pretty(&bench_spec())?;
+    let json = serde_json::to_vec_pretty(&bench_spec()?)?;
     std::fs::write(&config, json).map_err(io("write", &config))?;
     Ok(())
 }
@@ -71,8 +65,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_runs_true_without_a_terminal_or_cgroup_mount() {
-        let spec = bench_spec();
+    fn spec_is_runc_default_running_true() {
+        let spec = bench_spec().unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(
             process.args().as_ref().unwrap(),
@@ -80,10 +74,30 @@ mod tests {
         );
         assert_eq!(process.terminal(), Some(false));
         let mounts = spec.mounts().as_ref().unwrap();
-        assert!(mounts.iter().any(|m| m.destination() == Path::new("/proc")));
-        assert!(!mounts
+        for dest in ["/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup"] {
+            assert!(
+                mounts.iter().any(|m| m.destination() == Path::new(dest)),
+                "{dest}"
+            );
+        }
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<String> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
             .iter()
-            .any(|m| m.destination() == Path::new("/sys/fs/cgroup")));
+            .map(|n| format!("{:?}", n.typ()))
+            .collect();
+        assert_eq!(ns, ["Pid", "Network", "Ipc", "Uts", "Mount"]);
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert_eq!(devices.len(), 1);
+        assert!(!devices[0].allow());
     }
 
     #[test]

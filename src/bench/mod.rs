@@ -77,7 +77,7 @@ pub fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
         "each sample: wall time from spawning `<runtime> run` to its exit (create, start, wait, \
          delete); the runtimes' own state dirs live in a temp dir"
             .to_string(),
-        "spec: the default spec (runc spec) running /bin/true, without the /sys/fs/cgroup mount"
+        "spec: runc 1.1's default spec (`runc spec`) running /bin/true without a terminal"
             .to_string(),
     ];
     let mut contenders = vec![Contender {
