@@ -53,7 +53,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Start(args) => rt.start(&args.id).map(|()| 0).map_err(Into::into),
         Command::State(args) => {
             let info = rt.state(&args.id)?;
-            println!("{}", serde_json::to_string_pretty(&info.state_output())?);
+            print_stdout(&serde_json::to_string_pretty(&info.state_output())?)?;
             Ok(0)
         }
         Command::Kill(args) => {
@@ -74,7 +74,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             write_spec(args, rootless).map(|()| 0)
         }
         Command::Features => {
-            println!("{}", features::features_json());
+            print_stdout(&features::features_json())?;
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(cli, args).map(|()| 0),
@@ -307,7 +307,7 @@ fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
 fn ps(rt: &Runtime, args: &PsArgs) -> Result<()> {
     let pids = rt.ps(&args.id)?;
     if args.format == ListFormat::Json {
-        println!("{}", serde_json::to_string(&pids)?);
+        print_stdout(&serde_json::to_string(&pids)?)?;
         return Ok(());
     }
     let ps_args: Vec<String> = if args.ps_args.is_empty() {
@@ -327,11 +327,7 @@ fn ps(rt: &Runtime, args: &PsArgs) -> Result<()> {
         );
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut out = std::io::stdout().lock();
-    for line in filter_ps(&text, &pids)? {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
+    print_stdout(&filter_ps(&text, &pids)?.join("\n"))
 }
 
 /// Keep the header and the rows of `ps` output whose PID column is one of `pids`.
@@ -355,17 +351,17 @@ fn filter_ps<'a>(text: &'a str, pids: &[i32]) -> Result<Vec<&'a str>> {
 
 fn list(rt: &Runtime, args: &ListArgs) -> Result<()> {
     let containers = rt.list()?;
-    let mut out = std::io::stdout().lock();
     if args.quiet {
-        for c in &containers {
-            writeln!(out, "{}", c.record.id)?;
-        }
-        return Ok(());
+        let ids: Vec<&str> = containers.iter().map(|c| c.record.id.as_str()).collect();
+        return if ids.is_empty() {
+            Ok(())
+        } else {
+            print_stdout(&ids.join("\n"))
+        };
     }
     if args.format == ListFormat::Json {
         let states: Vec<_> = containers.iter().map(|c| c.state_output()).collect();
-        writeln!(out, "{}", serde_json::to_string(&states)?)?;
-        return Ok(());
+        return print_stdout(&serde_json::to_string(&states)?);
     }
     let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
     for c in &containers {
@@ -379,10 +375,20 @@ fn list(rt: &Runtime, args: &ListArgs) -> Result<()> {
             s.owner,
         ]);
     }
-    for line in table(&rows) {
-        writeln!(out, "{line}")?;
+    print_stdout(&table(&rows).join("\n"))
+}
+
+/// Print `text` and a newline on stdout; a closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Left-aligned columns separated by at least 3 spaces (like runc's tabwriter).

@@ -48,6 +48,11 @@ fn is_root() -> bool {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Held while a file is open for writing and while forking, so that no forked test child
+/// inherits a write fd of another test's busybox copy (which would make its exec fail with
+/// ETXTBSY).
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A bundle: tempdir with rootfs/ (busybox) and a spec.
 struct Bundle {
     dir: tempfile::TempDir,
@@ -97,7 +102,10 @@ impl Bundle {
         for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        {
+            let _g = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        }
         for a in APPLETS {
             symlink("busybox", rootfs.join("bin").join(a)).unwrap();
         }
@@ -156,7 +164,10 @@ fn isolated(f: impl FnOnce() -> Result<String, String>) -> (Result<String, Strin
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let pid = unsafe { libc::fork() };
+    let pid = {
+        let _g = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        unsafe { libc::fork() }
+    };
     assert!(pid >= 0);
     if pid == 0 {
         drop(r);
@@ -467,4 +478,355 @@ fn exec_into_a_running_container() {
         "exec'd process is in the container pid ns: {out}"
     );
     assert!(!cgroup_exists(&b.cgroup_path()));
+}
+
+fn hook(path: &str, script: &str) -> oci_spec::runtime::Hook {
+    serde_json::from_value(serde_json::json!({
+        "path": path, "args": ["sh", "-c", script], "env": ["PATH=/bin:/usr/bin"], "timeout": 5
+    }))
+    .unwrap()
+}
+
+#[test]
+fn hooks_run_in_order_with_state_and_no_fifo_mode_execs_directly() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("hooks", &["sh", "-c", "cat /hooks.log"]);
+    let log = b.dir.path().join("hooks.log");
+    fs::write(&log, "").unwrap();
+    // createRuntime and createContainer see the host paths; startContainer runs in the container.
+    let l = log.display().to_string();
+    let hooks: oci_spec::runtime::Hooks = serde_json::from_value(serde_json::json!({
+        "createRuntime": [hook("/bin/sh", &format!("grep -q '\"status\":\"creating\"' && echo createRuntime >> {l}"))],
+        "createContainer": [hook("/bin/sh", &format!("grep -o '\"id\":\"[^\"]*\"' >/dev/null && echo createContainer >> {l}"))],
+        "startContainer": [hook("/bin/sh", "echo startContainer >> /hooks.log")],
+    }))
+    .unwrap();
+    b.spec.set_hooks(Some(hooks));
+    let mut root = b.spec.root().clone().unwrap();
+    root.set_readonly(Some(false));
+    b.spec.set_root(Some(root));
+    // The container reads the host log through a bind mount.
+    let mut mounts = b.spec.mounts().clone().unwrap();
+    mounts.push(
+        serde_json::from_value(serde_json::json!({
+            "destination": "/hooks.log", "type": "bind", "source": l, "options": ["rbind", "rw"]
+        }))
+        .unwrap(),
+    );
+    b.spec.set_mounts(Some(mounts));
+    let (res, out) = isolated(|| {
+        let req = b.request(None);
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(st)
+    });
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "createRuntime\ncreateContainer\nstartContainer\n");
+}
+
+#[test]
+fn failing_create_runtime_hook_is_an_error_naming_the_hook() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("badhook", &["true"]);
+    let hooks: oci_spec::runtime::Hooks = serde_json::from_value(serde_json::json!({
+        "createRuntime": [hook("/bin/sh", "exit 4")],
+    }))
+    .unwrap();
+    b.spec.set_hooks(Some(hooks));
+    expect_create_error(&b, "createRuntime hook /bin/sh: failed: exit status: 4");
+}
+
+#[test]
+fn release_of_a_dead_init_is_an_error_not_a_hang() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("dead", &["true"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        let st = wait_desc(created.pid);
+        let r = container::release(&fifo, created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{st}; {}",
+            r.map(|_| "released".to_string())
+                .unwrap_or_else(|e| e.to_string())
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert!(msg.starts_with("signal 9; container process"), "{msg}");
+    assert!(msg.ends_with("is not running"), "{msg}");
+}
+
+/// Receive one fd sent with SCM_RIGHTS.
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> (OwnedFd, Vec<u8>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut fd = None;
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    let n = msg.bytes;
+    (fd.expect("no fd received"), buf[..n].to_vec())
+}
+
+#[test]
+fn terminal_master_is_sent_to_the_console_socket() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new("tty", &["sh", "-c", "tty; echo hi-from-tty"]);
+    set_process(&mut b, |p| {
+        p.set_terminal(Some(true));
+    });
+    let sock_path = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let mut req = b.request(Some(&fifo));
+        req.console_socket = Some(&sock_path);
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let (master, name) = recv_fd(&conn);
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        let mut text = Vec::new();
+        let mut f = fs::File::from(master);
+        let _ = f.read_to_end(&mut text); // ends with EIO once the slave is closed
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{st}|{}|{}",
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&text)
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert_eq!(
+        msg, "exit 0|/dev/ptmx|/dev/pts/0\r\nhi-from-tty\r\n",
+        "output {out}"
+    );
+}
+
+#[test]
+fn user_namespace_with_id_mappings() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "userns",
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; hostname",
+        ],
+    );
+    set_linux(&mut b, |l| {
+        let mut ns = l.namespaces().clone().unwrap();
+        ns.push(serde_json::from_str(r#"{"type": "user"}"#).unwrap());
+        l.set_namespaces(Some(ns));
+        l.set_uid_mappings(Some(vec![serde_json::from_str(
+            r#"{"containerID": 0, "hostID": 100000, "size": 65536}"#,
+        )
+        .unwrap()]));
+        l.set_gid_mappings(Some(vec![serde_json::from_str(
+            r#"{"containerID": 0, "hostID": 100000, "size": 65536}"#,
+        )
+        .unwrap()]));
+    });
+    // The rootfs belongs to the container's root.
+    for entry in [
+        "",
+        "bin",
+        "bin/busybox",
+        "proc",
+        "dev",
+        "sys",
+        "tmp",
+        "etc",
+        "root",
+        "etc/passwd",
+    ] {
+        nix::unistd::chown(
+            &b.rootfs().join(entry),
+            Some(100000.into()),
+            Some(100000.into()),
+        )
+        .unwrap();
+    }
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["0", "0 100000 65536", "0", "runc"],
+        "output: {out}"
+    );
+}
+
+#[test]
+fn no_pivot_sysctl_and_preserved_fds() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "nopivot",
+        &[
+            "sh",
+            "-c",
+            "cat <&3; cat /proc/sys/net/ipv4/ip_forward; ls /proc/self/fd | tr '\\n' ' '",
+        ],
+    );
+    set_linux(&mut b, |l| {
+        l.set_sysctl(Some(
+            [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        ));
+    });
+    let data = b.dir.path().join("fd3.txt");
+    fs::write(&data, "preserved\n").unwrap();
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let f = fs::File::open(&data).map_err(|e| e.to_string())?;
+        unsafe { libc::dup2(f.as_raw_fd(), 3) };
+        let mut req = b.request(Some(&fifo));
+        req.no_pivot = true;
+        req.preserve_fds = 1;
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let st = wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(st)
+    });
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "preserved\n1\n0 1 2 3 4 ");
+}
+
+#[test]
+fn network_namespace_joined_by_path() {
+    if !is_root() {
+        return;
+    }
+    let a = Bundle::new("netns-a", &["sleep", "30"]);
+    let mut b = Bundle::new(
+        "netns-b",
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/uts",
+        ],
+    );
+    let fifo = a.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = a.request(Some(&fifo));
+        let ca = container::create(&req, &a.state()).map_err(|e| e.to_string())?;
+        let net_a = fs::read_link(format!("/proc/{}/ns/net", ca.pid)).map_err(|e| e.to_string())?;
+        let uts_a = fs::read_link(format!("/proc/{}/ns/uts", ca.pid)).map_err(|e| e.to_string())?;
+        let own_net = fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+        set_linux(&mut b, |l| {
+            let ns: Vec<oci_spec::runtime::LinuxNamespace> = l
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|n| {
+                    if n.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+                        serde_json::from_value(serde_json::json!({"type": "network", "path": format!("/proc/{}/ns/net", ca.pid)})).unwrap()
+                    } else {
+                        n
+                    }
+                })
+                .collect();
+            l.set_namespaces(Some(ns));
+        });
+        let rb = b.request(None);
+        let cb = container::create(&rb, &b.state()).map_err(|e| e.to_string())?;
+        let stb = wait_desc(cb.pid);
+        let still_own = fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())? == own_net;
+        unsafe { libc::kill(ca.pid, libc::SIGKILL) };
+        wait_desc(ca.pid);
+        container::destroy_cgroup(&a.cgroup_path()).map_err(|e| e.to_string())?;
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{stb}|{}|{}|{still_own}",
+            net_a.display(),
+            uts_a.display()
+        ))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    let parts: Vec<&str> = msg.split('|').collect();
+    assert_eq!(parts[0], "exit 0", "output {out}");
+    assert_eq!(
+        parts[3], "true",
+        "the caller went back to its own network namespace"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], parts[1], "B shares A's network namespace");
+    assert_ne!(lines[1], parts[2], "B has its own uts namespace");
+}
+
+#[test]
+fn cgroup_namespace_is_rooted_at_the_container_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "cgns",
+        &["sh", "-c", "grep -c -v ':/$' /proc/self/cgroup; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"],
+    );
+    set_linux(&mut b, |l| {
+        let mut ns = l.namespaces().clone().unwrap();
+        ns.push(serde_json::from_str(r#"{"type": "cgroup"}"#).unwrap());
+        l.set_namespaces(Some(ns));
+        l.set_resources(Some(
+            serde_json::from_str(r#"{"pids": {"limit": 17}}"#).unwrap(),
+        ));
+    });
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "0\n17\n");
+}
+
+#[test]
+fn device_cgroup_denies_all_but_the_default_devices() {
+    if !is_root() || !Path::new("/sys/fs/cgroup/devices").exists() {
+        return;
+    }
+    let b = Bundle::new(
+        "devices",
+        &["sh", "-c", "head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; cat /sys/fs/cgroup/devices/devices.list"],
+    );
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["3", "null-ok"]);
+    assert!(!lines.contains(&"a *:* rwm"), "deny-all not applied: {out}");
+    assert!(
+        lines.contains(&"c 1:3 rwm") && lines.contains(&"c 136:* rwm"),
+        "{out}"
+    );
 }

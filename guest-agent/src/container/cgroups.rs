@@ -1,5 +1,5 @@
 //! A small cgroupfs manager for the controllers kvmbox uses (memory, pids, cpu, cpuacct, cpuset,
-//! freezer), on cgroup v1 (one hierarchy per controller under /sys/fs/cgroup/<ctrl>) and on the
+//! freezer, devices), on cgroup v1 (one hierarchy per controller under /sys/fs/cgroup/<ctrl>) and on the
 //! unified v2 hierarchy (/sys/fs/cgroup). Only the needed hierarchies are touched.
 
 use std::fs;
@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxResources};
 
 use super::error::{ContainerError, Result};
 
@@ -15,7 +15,9 @@ use super::error::{ContainerError, Result};
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// v1 controllers kvmbox places containers in.
-const V1_CONTROLLERS: &[&str] = &["cpuset", "cpu", "cpuacct", "memory", "pids", "freezer"];
+const V1_CONTROLLERS: &[&str] = &[
+    "cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "devices",
+];
 /// v2 controllers enabled for containers (when the parent offers them).
 const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "memory", "pids"];
 
@@ -103,13 +105,31 @@ impl Cgroup {
         }
     }
 
-    /// Create the directories and apply `resources`.
-    pub(crate) fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+    /// Create the directories and apply `resources`; on v1 also the device access rules (the
+    /// spec's rules, then the default devices and `devices` (linux.devices) allowed, as runc).
+    /// Device rules on v2 need an eBPF program and are not applied.
+    pub(crate) fn create(
+        &self,
+        resources: Option<&LinuxResources>,
+        devices: &[LinuxDevice],
+    ) -> Result<()> {
         for (root, ctrls) in &self.hierarchies {
             self.create_dirs(root, ctrls)?;
         }
         if let Some(res) = resources {
             self.apply(res)?;
+        }
+        if self.layout == Layout::V1 {
+            if let Some(dir) = self.dir_of("devices") {
+                for (allow, rule) in device_rules(resources, devices) {
+                    let file = if allow {
+                        "devices.allow"
+                    } else {
+                        "devices.deny"
+                    };
+                    self.write(&dir, file, &rule)?;
+                }
+            }
         }
         Ok(())
     }
@@ -275,8 +295,11 @@ impl Cgroup {
             .dir_of("pids")
             .or_else(|| self.dirs().next().map(|d| d.0))
             .ok_or_else(|| self.err("no hierarchy".into()))?;
-        let text = fs::read_to_string(dir.join("cgroup.procs"))
-            .map_err(|e| self.err(format!("read cgroup.procs: {e}")))?;
+        let text = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(format!("read cgroup.procs: {e}"))),
+        };
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
@@ -311,6 +334,76 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// One v1 device rule line ("c 1:3 rwm").
+pub(crate) fn device_rule(
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: Option<&str>,
+) -> String {
+    let t = match typ {
+        None | Some(LinuxDeviceType::A) => "a",
+        Some(LinuxDeviceType::B) => "b",
+        Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => "c",
+        Some(LinuxDeviceType::P) => "p",
+    };
+    let num = |n: Option<i64>| {
+        n.filter(|n| *n >= 0)
+            .map_or("*".to_string(), |n| n.to_string())
+    };
+    let access = access.filter(|a| !a.is_empty()).unwrap_or("rwm");
+    format!("{t} {}:{} {access}", num(major), num(minor))
+}
+
+/// Devices every container may use (null, zero, full, random, urandom, tty, console, ptmx,
+/// pts) and mknod of any node, as runc allows by default.
+const DEFAULT_ALLOWED: &[(&str, &str)] = &[
+    ("c", "*:* m"),
+    ("b", "*:* m"),
+    ("c", "1:3 rwm"),
+    ("c", "1:5 rwm"),
+    ("c", "1:7 rwm"),
+    ("c", "1:8 rwm"),
+    ("c", "1:9 rwm"),
+    ("c", "5:0 rwm"),
+    ("c", "5:1 rwm"),
+    ("c", "5:2 rwm"),
+    ("c", "136:* rwm"),
+];
+
+/// The ordered (allow, rule) list for the v1 devices controller.
+pub(crate) fn device_rules(
+    resources: Option<&LinuxResources>,
+    devices: &[LinuxDevice],
+) -> Vec<(bool, String)> {
+    let mut out: Vec<(bool, String)> = resources
+        .and_then(|r| r.devices().as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .map(|d| {
+            (
+                d.allow(),
+                device_rule(d.typ(), d.major(), d.minor(), d.access().as_deref()),
+            )
+        })
+        .collect();
+    if out.is_empty() {
+        return out;
+    }
+    out.extend(
+        DEFAULT_ALLOWED
+            .iter()
+            .map(|(t, r)| (true, format!("{t} {r}"))),
+    );
+    out.extend(devices.iter().map(|d| {
+        (
+            true,
+            device_rule(Some(d.typ()), Some(d.major()), Some(d.minor()), None),
+        )
+    }));
+    out
 }
 
 fn kill_all(dir: &Path) {
@@ -410,6 +503,24 @@ mod tests {
         );
         assert!(relative_path("/kvmbox/../../etc").is_err());
         assert!(relative_path("/").is_err());
+    }
+
+    #[test]
+    fn device_rules_follow_the_spec_then_the_defaults() {
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"}]}"#,
+        )
+        .unwrap();
+        let dev: LinuxDevice = serde_json::from_str(
+            r#"{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}"#,
+        )
+        .unwrap();
+        let rules = device_rules(Some(&res), &[dev]);
+        assert_eq!(rules[0], (false, "a *:* rwm".to_string()));
+        assert_eq!(rules[1], (true, "c 10:200 rw".to_string()));
+        assert!(rules.contains(&(true, "c 1:3 rwm".to_string())));
+        assert_eq!(rules.last().unwrap(), &(true, "c 10:229 rwm".to_string()));
+        assert!(device_rules(None, &[]).is_empty());
     }
 
     #[test]

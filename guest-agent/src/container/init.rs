@@ -86,6 +86,9 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
         nix::sched::unshare(ctx.plan.child_unshare)
             .map_err(ContainerError::sys("unshare namespaces"))?;
     }
+    if ctx.plan.new_user || !ctx.plan.child_joins.is_empty() {
+        become_root_in_user_ns()?;
+    }
     nix::unistd::setsid().map_err(ContainerError::sys("setsid"))?;
 
     let has_uts = linux
@@ -119,6 +122,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     rootfs::prepare_root(&req.rootfs, linux.rootfs_propagation().as_deref())?;
     let rctx = RootfsContext {
+        cgroupns: ctx.plan.cgroupns,
         rootfs: &req.rootfs,
         bundle: req.bundle,
         userns,
@@ -191,6 +195,24 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
     process::prepare_fds(3 + req.preserve_fds)?;
     process::reset_signals();
     Err(exec.exec())
+}
+
+/// In a new (or joined) user namespace the init still has the caller's kernel ids, which are not
+/// mapped there: switch to the namespace's root.
+fn become_root_in_user_ns() -> Result<()> {
+    let in_userns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().take(3).collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    if !in_userns {
+        return Ok(());
+    }
+    let _ = nix::unistd::setgroups(&[]);
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g)
+        .map_err(ContainerError::sys("setresgid 0 in the user namespace"))?;
+    nix::unistd::setresuid(root_u, root_u, root_u)
+        .map_err(ContainerError::sys("setresuid 0 in the user namespace"))
 }
 
 /// Apply `process` to the current process, first phase: console, rlimits, bounding set, user,

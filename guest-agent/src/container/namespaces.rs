@@ -50,7 +50,8 @@ pub(crate) struct NamespacePlan {
     pub parent_joins: Vec<(LinuxNamespaceType, PathBuf)>,
     /// Namespaces joined by the child right after clone() (in this order; user last).
     pub child_joins: Vec<(LinuxNamespaceType, PathBuf)>,
-    /// Flags the child unshares after its joins (only when a user namespace is joined by path).
+    /// Flags the child unshares after its joins, once it is in its cgroup: a new cgroup
+    /// namespace, and every new namespace when a user namespace is joined by path.
     pub child_unshare: CloneFlags,
     /// A new user namespace is created (the parent writes uid/gid maps).
     pub new_user: bool,
@@ -58,6 +59,8 @@ pub(crate) struct NamespacePlan {
     pub has_mount: bool,
     /// A new network namespace is created.
     pub new_net: bool,
+    /// The container has its own cgroup namespace (new or joined).
+    pub cgroupns: bool,
 }
 
 /// Compute the plan from `linux.namespaces`.
@@ -89,6 +92,7 @@ pub(crate) fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan> {
         new_user: false,
         has_mount: false,
         new_net: false,
+        cgroupns: false,
     };
     for ns in namespaces {
         let typ = ns.typ();
@@ -102,7 +106,11 @@ pub(crate) fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan> {
                 }
             }
             None => {
-                if typ == LinuxNamespaceType::Pid || !user_joined {
+                // A new cgroup namespace is unshared by the child once it is in its cgroup, so
+                // that the namespace root is the container's cgroup.
+                if typ == LinuxNamespaceType::Cgroup {
+                    p.child_unshare |= flag;
+                } else if typ == LinuxNamespaceType::Pid || !user_joined {
                     p.clone_flags |= flag;
                 } else {
                     p.child_unshare |= flag;
@@ -113,6 +121,7 @@ pub(crate) fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan> {
             LinuxNamespaceType::Mount => p.has_mount = true,
             LinuxNamespaceType::User => p.new_user = ns.path().is_none(),
             LinuxNamespaceType::Network => p.new_net = ns.path().is_none(),
+            LinuxNamespaceType::Cgroup => p.cgroupns = true,
             _ => {}
         }
     }
@@ -225,12 +234,19 @@ mod tests {
             ns(LinuxNamespaceType::Mount, None),
             ns(LinuxNamespaceType::Network, Some("/run/netns/x")),
             ns(LinuxNamespaceType::Uts, None),
+            ns(LinuxNamespaceType::Cgroup, None),
         ])
         .unwrap();
         assert_eq!(
             p.clone_flags,
             CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS
         );
+        assert_eq!(
+            p.child_unshare,
+            CloneFlags::CLONE_NEWCGROUP,
+            "cgroupns after placement"
+        );
+        assert!(p.cgroupns);
         assert_eq!(
             p.parent_joins,
             vec![(LinuxNamespaceType::Network, PathBuf::from("/run/netns/x"))]

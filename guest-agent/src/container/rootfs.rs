@@ -26,6 +26,8 @@ pub(crate) struct RootfsContext<'a> {
     pub userns: bool,
     /// The container has a new network namespace (sysfs can be mounted).
     pub new_net: bool,
+    /// The container has its own cgroup namespace (cgroup filesystems can be mounted natively).
+    pub cgroupns: bool,
 }
 
 fn mount_err(what: &str, dest: &Path) -> impl FnOnce(nix::Error) -> ContainerError {
@@ -227,51 +229,45 @@ fn bind_mount(ctx: &RootfsContext<'_>, m: &Mount, dest: &Path, opts: &MountOptio
     Ok(())
 }
 
-/// Mount the container's cgroups at `dest`: cgroup2 on a v2 host; on v1 a tmpfs with one bind
-/// mount per hierarchy of the init's own cgroup (so the container sees only its cgroup).
+/// Mount the container's cgroups at `dest`. v2: cgroup2 in a cgroup namespace, else a bind
+/// mount of the init's own cgroup. v1: a tmpfs with one mount per hierarchy: a native cgroup
+/// mount in a cgroup namespace (rooted at the container's cgroup), else a bind mount of the
+/// init's own cgroup directory.
 fn mount_cgroup(ctx: &RootfsContext<'_>, dest: &Path, opts: &MountOptions) -> Result<()> {
     create_dest(dest, false)?;
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
     let base = opts.flags & !(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT);
+    let own =
+        cgroups::proc_cgroups("self").map_err(ContainerError::io("read", "/proc/self/cgroup"))?;
+    let own_path = |key: &str| own.iter().find(|(c, _)| c == key).map(|(_, p)| p.clone());
     if cgroups::layout() == Layout::V2 {
-        let r = mount(
-            Some("cgroup"),
-            dest,
-            Some("cgroup2"),
-            opts.flags & !MsFlags::MS_REMOUNT,
-            NONE,
-        );
-        match r {
-            Ok(()) => return Ok(()),
-            // Not in a cgroup namespace and not allowed: bind our own cgroup instead.
-            Err(nix::Error::EPERM) | Err(nix::Error::EBUSY) => {
-                let own = cgroups::proc_cgroups("self").unwrap_or_default();
-                let path = own
-                    .iter()
-                    .find(|(c, _)| c.is_empty())
-                    .map(|(_, p)| p.clone());
-                let src =
-                    Path::new(CGROUP_ROOT).join(path.unwrap_or_default().trim_start_matches('/'));
-                mount(
-                    Some(&src),
-                    dest,
-                    NONE,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    NONE,
-                )
-                .map_err(mount_err("bind mount cgroup on", dest))?;
-                if ro {
-                    remount_bind(dest, base | MsFlags::MS_RDONLY, ctx.userns)?;
-                }
-                return Ok(());
-            }
-            Err(e) => return Err(mount_err("mount cgroup2 on", dest)(e)),
+        if ctx.cgroupns {
+            return mount(
+                Some("cgroup"),
+                dest,
+                Some("cgroup2"),
+                opts.flags & !MsFlags::MS_REMOUNT,
+                NONE,
+            )
+            .map_err(mount_err("mount cgroup2 on", dest));
         }
+        let path = own_path("").unwrap_or_default();
+        let src = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+        mount(
+            Some(&src),
+            dest,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(mount_err("bind mount cgroup on", dest))?;
+        if ro || !base.is_empty() {
+            remount_bind(dest, opts.flags & !MsFlags::MS_REMOUNT, ctx.userns)?;
+        }
+        return Ok(());
     }
     mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
         .map_err(mount_err("mount tmpfs for cgroups on", dest))?;
-    let own =
-        cgroups::proc_cgroups("self").map_err(ContainerError::io("read", "/proc/self/cgroup"))?;
     let entries = fs::read_dir(CGROUP_ROOT).map_err(ContainerError::io("read", CGROUP_ROOT))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -287,19 +283,36 @@ fn mount_cgroup(ctx: &RootfsContext<'_>, dest: &Path, opts: &MountOptions) -> Re
         if !ft.is_dir() {
             continue;
         }
-        // Match the hierarchy directory with its line in /proc/self/cgroup.
-        let key = if name_s == "unified" {
-            String::new()
-        } else if name_s == "systemd" {
-            "name=systemd".to_string()
-        } else {
-            name_s.to_string()
+        // The hierarchy's key in /proc/self/cgroup and its cgroup mount options.
+        let (key, fstype, data) = match name_s.as_ref() {
+            "unified" => (String::new(), "cgroup2", None),
+            "systemd" => (
+                "name=systemd".to_string(),
+                "cgroup",
+                Some("none,name=systemd".to_string()),
+            ),
+            n => (n.to_string(), "cgroup", Some(n.to_string())),
         };
-        let Some((_, path)) = own.iter().find(|(c, _)| *c == key) else {
-            continue;
-        };
-        let src = entry.path().join(path.trim_start_matches('/'));
+        let Some(path) = own_path(&key) else { continue };
         mkdir_all(&target)?;
+        let flags = base
+            | if ro {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+        if ctx.cgroupns {
+            mount(
+                Some("cgroup"),
+                &target,
+                Some(fstype),
+                flags,
+                data.as_deref(),
+            )
+            .map_err(mount_err("mount cgroup hierarchy on", &target))?;
+            continue;
+        }
+        let src = entry.path().join(path.trim_start_matches('/'));
         mount(
             Some(&src),
             &target,
@@ -308,16 +321,8 @@ fn mount_cgroup(ctx: &RootfsContext<'_>, dest: &Path, opts: &MountOptions) -> Re
             NONE,
         )
         .map_err(mount_err("bind mount cgroup hierarchy on", &target))?;
-        if ro || !base.is_empty() {
-            remount_bind(
-                &target,
-                base | if ro {
-                    MsFlags::MS_RDONLY
-                } else {
-                    MsFlags::empty()
-                },
-                ctx.userns,
-            )?;
+        if !flags.is_empty() {
+            remount_bind(&target, flags, ctx.userns)?;
         }
     }
     if ro {

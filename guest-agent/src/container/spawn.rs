@@ -160,6 +160,24 @@ fn write_id_maps(pid: i32, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Re
     Ok(())
 }
 
+/// Give the exec FIFO to the host ids of the container's root (as runc does) so that the init,
+/// root only inside its user namespace, may open it.
+fn chown_to_container_root(path: &Path, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let host_of = |maps: Option<&Vec<LinuxIdMapping>>| {
+        maps.and_then(|m| {
+            m.iter()
+                .find(|m| m.container_id() == 0)
+                .map(|m| m.host_id())
+        })
+    };
+    let uid = host_of(linux.uid_mappings().as_ref()).map(nix::unistd::Uid::from_raw);
+    let gid = host_of(linux.gid_mappings().as_ref()).map(nix::unistd::Gid::from_raw);
+    nix::unistd::chown(path, uid, gid).map_err(ContainerError::sys(format!(
+        "chown exec fifo {}",
+        path.display()
+    )))
+}
+
 /// Open the exec FIFO with O_PATH (opening it for writing happens in the init, after setup).
 fn open_fifo_path(path: &Path) -> Result<OwnedFd> {
     open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(ContainerError::sys(
@@ -212,7 +230,10 @@ pub(crate) fn create(req: &CreateRequest<'_>, state: &OciState) -> Result<Create
         pid: None,
         cgroup: Some(&cgroup),
     };
-    cgroup.create(linux.resources().as_ref())?;
+    cgroup.create(
+        linux.resources().as_ref(),
+        linux.devices().as_deref().unwrap_or(&[]),
+    )?;
 
     let hooks = spec.hooks().as_ref();
     let in_container_hooks = hooks.is_some_and(|h| {
@@ -250,6 +271,11 @@ pub(crate) fn create(req: &CreateRequest<'_>, state: &OciState) -> Result<Create
             linux.uid_mappings().as_deref().unwrap_or(&[]),
             linux.gid_mappings().as_deref().unwrap_or(&[]),
         )?;
+    }
+    if plan.new_user {
+        if let Some(path) = req.exec_fifo {
+            chown_to_container_root(path, linux)?;
+        }
     }
     if let Some(adj) = proc_.oom_score_adj() {
         process::set_oom_score_adj(&pid.to_string(), adj)?;
