@@ -349,6 +349,44 @@ fn capabilities_are_dropped_to_the_spec() {
     assert_eq!(caps.get("CapAmb"), Some(&0), "{out}");
 }
 
+#[test]
+fn container_process_inherits_only_stdio() {
+    let h = Harness::new();
+    // `ls` itself holds fd 3 (the directory it reads); anything else leaked from the runtime.
+    let bundle = h.bundle(&["ls", "/proc/self/fd"]);
+    let out = run(&h, &bundle, "fds");
+    out.ok();
+    assert_eq!(out.stdout, "0\n1\n2\n3\n", "{out}");
+}
+
+#[test]
+fn concurrent_creates_of_one_id_yield_one_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id("race");
+    let outcomes: Vec<common::Outcome> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let winners = outcomes.iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(winners, 1, "{outcomes:#?}");
+    for o in outcomes.iter().filter(|o| o.code != Some(0)) {
+        if testing_kvmbox() {
+            o.error_line(&[&id]);
+        } else {
+            assert_ne!(o.code, Some(0), "{o}");
+        }
+    }
+    let st = h.state(&id);
+    assert_eq!(st["status"], "created", "{st}");
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    h.run(&["delete", "--force", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    assert!(common::is_zombie_or_gone(pid));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hooks
 
