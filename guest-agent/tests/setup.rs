@@ -231,10 +231,14 @@ fn run(b: &Bundle) -> (Result<String, String>, String) {
     isolated(|| {
         let req = b.request(Some(&fifo));
         let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
-        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let released = container::release(&fifo, created.pid);
         let _ = fs::remove_file(&fifo);
+        if released.is_err() {
+            unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        }
         let st = wait_desc(created.pid);
         container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        released.map_err(|e| e.to_string())?;
         Ok(st)
     })
 }
