@@ -19,7 +19,7 @@ use crate::logging::{self, LogTarget};
 use crate::runtime::console::ConsoleListener;
 use crate::runtime::{
     bundle, features, parse_signal, spec, Bundle, CreateOptions, ExecOptions, Isolation, Runtime,
-    Status,
+    RuntimeError, Status,
 };
 
 use tty::TtyProxy;
@@ -36,7 +36,7 @@ pub fn main(cli: Cli) -> i32 {
     match dispatch(&cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = one_line(&format!("{e:#}"));
             eprintln!("kvmbox: error: {msg}");
             if target == LogTarget::File {
                 tracing::error!("{msg}");
@@ -44,6 +44,15 @@ pub fn main(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// Fold a possibly multi-line message (e.g. a hook's stderr) into one line.
+fn one_line(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {
@@ -61,10 +70,12 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             rt.kill(&args.id, signal, args.all)?;
             Ok(0)
         }
-        Command::Delete(args) => rt
-            .delete(&args.id, args.force)
-            .map(|()| 0)
-            .map_err(Into::into),
+        Command::Delete(args) => match rt.delete(&args.id, args.force) {
+            Ok(()) => Ok(0),
+            // Like runc: `delete --force` only makes sure the container is gone.
+            Err(RuntimeError::NotFound(_)) if args.force => Ok(0),
+            Err(e) => Err(e.into()),
+        },
         Command::Run(args) => run(&rt, args),
         Command::Exec(args) => exec(&rt, args),
         Command::Ps(args) => ps(&rt, args).map(|()| 0),
@@ -147,11 +158,13 @@ fn run(rt: &Runtime, args: &RunArgs) -> Result<i32> {
         None => None,
     };
     drop(private_console);
+    // Proxy (and size the pty) before the process starts, so it sees the right window size.
+    let proxy = master.map(TtyProxy::start);
     if let Err(e) = rt.start(&c.id) {
+        drop(proxy);
         cleanup(rt, &c.id, record.pid);
         return Err(e.into());
     }
-    let proxy = master.map(TtyProxy::start);
     let code = wait_forwarding(record.pid, &signals, proxy.as_ref());
     if let Some(proxy) = proxy {
         proxy.finish(OUTPUT_GRACE);
@@ -189,6 +202,12 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
             p
         }
     };
+    apply_exec_flags(&mut process, args)?;
+    Ok(process)
+}
+
+/// Apply exec's --tty/--cwd/--env/--user/--additional-gids/--cap/--no-new-privs to `process`.
+fn apply_exec_flags(process: &mut Process, args: &ExecArgs) -> Result<()> {
     if args.tty {
         process.set_terminal(Some(true));
     }
@@ -254,13 +273,16 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
     if args.no_new_privs {
         process.set_no_new_privileges(Some(true));
     }
-    Ok(process)
+    Ok(())
 }
 
 fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
-    let process = exec_process(rt, args)?;
+    let mut process = exec_process(rt, args)?;
     let terminal = process.terminal().unwrap_or(false);
     let private_console = if terminal && args.console_socket.is_none() && !args.detach {
+        if let Some(size) = tty::terminal_size() {
+            process.set_console_size(Some(size));
+        }
         Some(ConsoleListener::bind_private()?)
     } else {
         None
@@ -391,7 +413,7 @@ fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
-/// Left-aligned columns separated by at least 3 spaces (like runc's tabwriter).
+/// Left-aligned columns separated by at least 3 spaces, at least 12 wide (like runc's list).
 fn table(rows: &[[String; 6]]) -> Vec<String> {
     let mut widths = [0usize; 6];
     for row in rows {
@@ -406,7 +428,9 @@ fn table(rows: &[[String; 6]]) -> Vec<String> {
                 if i + 1 == row.len() {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+                    // runc's tabwriter: cells padded by 3, columns at least 12 wide.
+                    let width = (widths[i] + 3).max(12);
+                    line.push_str(&format!("{cell:<width$}"));
                 }
             }
             line
@@ -465,6 +489,76 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn exec_args(flags: &[&str]) -> ExecArgs {
+        use clap::Parser;
+        let mut argv = vec!["kvmbox", "exec"];
+        argv.extend_from_slice(flags);
+        argv.extend_from_slice(&["c1", "--", "sh"]);
+        match Cli::parse_from(argv).command {
+            Command::Exec(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_flags_override_the_process() {
+        let mut p = Process::default();
+        let args = exec_args(&[
+            "-t",
+            "--cwd",
+            "/tmp",
+            "-e",
+            "TERM=dumb",
+            "-e",
+            "NEW=1",
+            "-u",
+            "1000:1001",
+            "-g",
+            "7",
+            "--cap",
+            "sys_admin",
+            "--no-new-privs",
+        ]);
+        assert_eq!(args.command, ["sh"]);
+        apply_exec_flags(&mut p, &args).unwrap();
+        assert_eq!(p.terminal(), Some(true));
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        let env = p.env().clone().unwrap();
+        assert!(env.contains(&"TERM=dumb".to_string()));
+        assert!(!env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"NEW=1".to_string()));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1001));
+        assert_eq!(p.user().additional_gids(), &Some(vec![7]));
+        let caps = p.capabilities().clone().unwrap();
+        for set in [
+            caps.bounding(),
+            caps.effective(),
+            caps.permitted(),
+            caps.ambient(),
+        ] {
+            assert!(set.as_ref().unwrap().contains(&Capability::SysAdmin));
+        }
+        assert_eq!(p.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn exec_flags_reject_bad_values() {
+        let mut p = Process::default();
+        let err = apply_exec_flags(&mut p, &exec_args(&["-u", "root"])).unwrap_err();
+        assert!(err.to_string().contains("uid must be a number"), "{err}");
+        let err = apply_exec_flags(&mut p, &exec_args(&["--cap", "CAP_NOPE"])).unwrap_err();
+        assert_eq!(err.to_string(), "--cap \"CAP_NOPE\": unknown capability");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(
+            one_line("hook failed: out\n  more\n\n"),
+            "hook failed: out; more"
+        );
+        assert_eq!(one_line("plain"), "plain");
+    }
+
     #[test]
     fn ps_filter_keeps_header_and_container_rows() {
         let text = "UID   PID  PPID  C STIME TTY TIME CMD\n\
@@ -485,6 +579,10 @@ mod tests {
             ["long-id", "1", "running", "/b", "t", "root"].map(String::from),
         ];
         let lines = table(&rows);
+        assert!(
+            lines[0].starts_with("ID          PID         STATUS"),
+            "{lines:?}"
+        );
         assert_eq!(lines[0].find("PID"), lines[1].find('1'));
         assert_eq!(lines[0].find("OWNER"), lines[1].find("root"));
     }

@@ -440,7 +440,7 @@ fn exec_into_a_running_container() {
         p.set_args(Some(vec![
             "sh".into(),
             "-c".into(),
-            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; exit 7".into(),
+            "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; grep -E '^[0-9]+:(pids|memory):' /proc/self/cgroup | cut -d: -f3; exit 7".into(),
         ]));
         p.set_env(Some(vec!["PATH=/bin".into()]));
         let ereq = ExecRequest {
@@ -453,29 +453,27 @@ fn exec_into_a_running_container() {
         };
         let pids_before = container::cgroup_pids(&b.cgroup_path()).map_err(|e| e.to_string())?;
         let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
-        let in_cgroup = container::cgroup_pids(&b.cgroup_path())
-            .map_err(|e| e.to_string())?
-            .contains(&epid);
         let est = wait_desc(epid);
         unsafe { libc::kill(created.pid, libc::SIGKILL) };
         let ist = wait_desc(created.pid);
         container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
         Ok(format!(
-            "{est} {ist} {:?} {in_cgroup}",
+            "{est} {ist} {:?}",
             pids_before == vec![created.pid]
         ))
     });
-    assert_eq!(
-        res,
-        Ok("exit 7 signal 9 true true".to_string()),
-        "output: {out}"
-    );
+    assert_eq!(res, Ok("exit 7 signal 9 true".to_string()), "output: {out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "runc");
     assert_eq!(lines[1].trim(), "sleep 30");
     assert!(
         lines[2].parse::<i32>().unwrap() > 1,
         "exec'd process is in the container pid ns: {out}"
+    );
+    assert_eq!(
+        &lines[3..],
+        &[b.cgroup_path(), b.cgroup_path()],
+        "exec'd process in the cgroup"
     );
     assert!(!cgroup_exists(&b.cgroup_path()));
 }
@@ -829,4 +827,119 @@ fn device_cgroup_denies_all_but_the_default_devices() {
         lines.contains(&"c 1:3 rwm") && lines.contains(&"c 136:* rwm"),
         "{out}"
     );
+}
+
+#[test]
+fn seccomp_profile_is_enforced_with_and_without_no_new_privileges() {
+    if !is_root() {
+        return;
+    }
+    for nnp in [true, false] {
+        let mut b = Bundle::new(
+            "seccomp",
+            &[
+                "sh",
+                "-c",
+                "mkdir /dev/shm/x; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+            ],
+        );
+        set_process(&mut b, |p| {
+            p.set_no_new_privileges(Some(nnp));
+        });
+        set_linux(&mut b, |l| {
+            l.set_seccomp(Some(
+                serde_json::from_str(
+                    r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]}"#,
+                )
+                .unwrap(),
+            ));
+        });
+        let (res, out) = run(&b);
+        assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+        assert_eq!(
+            out,
+            format!(
+                "mkdir: can't create directory '/dev/shm/x': Function not implemented\nNoNewPrivs:\t{}\nSeccomp:\t2\n",
+                nnp as u8
+            )
+        );
+    }
+}
+
+#[test]
+fn exec_with_a_terminal_and_a_different_user() {
+    if !is_root() {
+        return;
+    }
+    let b = Bundle::new("exectty", &["sleep", "30"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let sock_path = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let mut p = b.spec.process().clone().unwrap();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "tty; id -u; echo $X".into(),
+        ]));
+        p.set_env(Some(vec!["PATH=/bin".into(), "X=exec-env".into()]));
+        p.set_terminal(Some(true));
+        let mut u = p.user().clone();
+        u.set_uid(123);
+        u.set_gid(123);
+        p.set_user(u);
+        let ereq = ExecRequest {
+            container_pid: created.pid,
+            spec: &b.spec,
+            process: &p,
+            console_socket: Some(&sock_path),
+            cgroup_path: b.cgroup_path(),
+            preserve_fds: 0,
+        };
+        let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
+        let (conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let (master, _) = recv_fd(&conn);
+        let est = wait_desc(epid);
+        let mut text = Vec::new();
+        let _ = fs::File::from(master).read_to_end(&mut text);
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(format!("{est}|{}", String::from_utf8_lossy(&text)))
+    });
+    let msg = res.unwrap_or_else(|e| panic!("{e}; output {out}"));
+    assert_eq!(
+        msg, "exit 0|/dev/pts/0\r\n123\r\nexec-env\r\n",
+        "output {out}"
+    );
+}
+
+#[test]
+fn rlimits_oom_score_adj_umask_and_domainname() {
+    if !is_root() {
+        return;
+    }
+    let mut b = Bundle::new(
+        "rlimits",
+        &["sh", "-c", "ulimit -n; ulimit -Hn; cat /proc/self/oom_score_adj; umask; cat /proc/sys/kernel/domainname"],
+    );
+    set_process(&mut b, |p| {
+        p.set_rlimits(Some(vec![serde_json::from_str(
+            r#"{"type": "RLIMIT_NOFILE", "soft": 1234, "hard": 2345}"#,
+        )
+        .unwrap()]));
+        p.set_oom_score_adj(Some(500));
+        let mut u = p.user().clone();
+        u.set_umask(Some(0o077));
+        p.set_user(u);
+    });
+    b.spec.set_domainname(Some("example.org".into()));
+    let (res, out) = run(&b);
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    assert_eq!(out, "1234\n2345\n500\n0077\nexample.org\n");
 }

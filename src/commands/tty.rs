@@ -10,6 +10,20 @@ use std::time::Duration;
 
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 
+/// The window size of our stdin's terminal, if it is one.
+pub fn terminal_size() -> Option<oci_spec::runtime::Box> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ only writes it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_row > 0 && ws.ws_col > 0).then(|| {
+        oci_spec::runtime::BoxBuilder::default()
+            .height(u64::from(ws.ws_row))
+            .width(u64::from(ws.ws_col))
+            .build()
+            .expect("box with both fields")
+    })
+}
+
 /// A running pty proxy; dropping it restores our terminal.
 pub struct TtyProxy {
     master: Arc<File>,

@@ -17,7 +17,7 @@ const HOOKS: &[&str] = &[
     "poststop",
 ];
 
-/// Mount options understood by the container setup.
+/// Mount options the container setup turns into mount flags (guest-agent `mount_options.rs`).
 const MOUNT_OPTIONS: &[&str] = &[
     "async",
     "atime",
@@ -27,20 +27,15 @@ const MOUNT_OPTIONS: &[&str] = &[
     "diratime",
     "dirsync",
     "exec",
-    "iversion",
-    "lazytime",
     "mand",
     "noatime",
     "nodev",
     "nodiratime",
     "noexec",
-    "noiversion",
-    "nolazytime",
     "nomand",
     "norelatime",
     "nostrictatime",
     "nosuid",
-    "nosymfollow",
     "private",
     "rbind",
     "relatime",
@@ -55,7 +50,6 @@ const MOUNT_OPTIONS: &[&str] = &[
     "slave",
     "strictatime",
     "suid",
-    "symfollow",
     "sync",
     "unbindable",
 ];
@@ -91,7 +85,7 @@ struct LinuxDoc {
     namespaces: &'static [&'static str],
     capabilities: Vec<String>,
     cgroup: CgroupDoc,
-    seccomp: Enabled,
+    seccomp: SeccompDoc,
     apparmor: Enabled,
     selinux: Enabled,
     intel_rdt: Enabled,
@@ -108,12 +102,55 @@ struct CgroupDoc {
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SeccompDoc {
+    enabled: bool,
+    actions: &'static [&'static str],
+    operators: &'static [&'static str],
+    archs: Vec<&'static str>,
+    known_flags: &'static [&'static str],
+    supported_flags: &'static [&'static str],
+}
+
+/// Seccomp actions the setup compiles (everything but SCMP_ACT_NOTIFY).
+const SECCOMP_ACTIONS: &[&str] = &[
+    "SCMP_ACT_ALLOW",
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_LOG",
+    "SCMP_ACT_TRACE",
+    "SCMP_ACT_TRAP",
+];
+
+/// Seccomp argument comparisons the setup compiles.
+const SECCOMP_OPERATORS: &[&str] = &[
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_MASKED_EQ",
+    "SCMP_CMP_NE",
+];
+
+/// The native seccomp architecture (filters check only this one).
+fn native_seccomp_arch() -> Vec<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => vec!["SCMP_ARCH_X86_64"],
+        "aarch64" => vec!["SCMP_ARCH_AARCH64"],
+        _ => vec![],
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct Enabled {
     enabled: bool,
 }
 
-/// The features document. Seccomp, AppArmor and SELinux are reported disabled: kvmbox does
-/// not apply them (yet).
+/// The features document. AppArmor, SELinux and Intel RDT are reported disabled: kvmbox does
+/// not apply them.
 fn features_doc() -> FeaturesDoc {
     FeaturesDoc {
         oci_version_min: "1.0.0",
@@ -130,7 +167,14 @@ fn features_doc() -> FeaturesDoc {
                 systemd_user: false,
                 rdma: false,
             },
-            seccomp: Enabled { enabled: false },
+            seccomp: SeccompDoc {
+                enabled: true,
+                actions: SECCOMP_ACTIONS,
+                operators: SECCOMP_OPERATORS,
+                archs: native_seccomp_arch(),
+                known_flags: &[],
+                supported_flags: &[],
+            },
             apparmor: Enabled { enabled: false },
             selinux: Enabled { enabled: false },
             intel_rdt: Enabled { enabled: false },
@@ -175,7 +219,12 @@ mod tests {
         let caps = linux.capabilities().as_ref().unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
         assert!(caps.iter().all(|c| c.starts_with("CAP_")));
-        assert_eq!(v["linux"]["seccomp"]["enabled"], false);
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        assert_eq!(seccomp.enabled(), &Some(true));
+        let actions = seccomp.actions().as_ref().unwrap();
+        assert!(actions.contains(&oci_spec::runtime::LinuxSeccompAction::ScmpActErrno));
+        assert!(!actions.contains(&oci_spec::runtime::LinuxSeccompAction::ScmpActNotify));
+        assert_eq!(v["linux"]["apparmor"]["enabled"], false);
         assert_eq!(v["annotations"]["io.kvmbox.isolation"], "vm,namespace");
         let text = features_json();
         assert!(text.starts_with("{\n  \"ociVersionMin\": \"1.0.0\",\n  \"ociVersionMax\""));

@@ -1,5 +1,10 @@
 //! The container lifecycle (`create`, `start`, `state`, `kill`, `delete`, `exec`, `ps`, `list`)
 //! on top of the state store and the shared container setup. Used by the CLI and the shim.
+//!
+//! [`Runtime::create`] and [`Runtime::exec`] clone the container process from the calling
+//! process, which therefore becomes its parent (and can `waitpid` it). The container setup
+//! requires the caller to be single-threaded at that moment: the CLI is; a multi-threaded
+//! caller (the shim) must fork a single-threaded helper first.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
@@ -329,12 +334,10 @@ impl Runtime {
         validate_id(id)?;
         let dir = self.store.lock(id)?;
         if !dir.has_state() {
-            // A create that died before writing its state: only the directory is left.
-            return if force {
-                dir.remove()
-            } else {
-                Err(RuntimeError::NotFound(id.to_string()))
-            };
+            // A create that died before writing its state (it held this lock until it died):
+            // only the directory is left. Remove it, as runc does.
+            dir.remove()?;
+            return Err(RuntimeError::NotFound(id.to_string()));
         }
         let record = dir.read()?;
         self.check_isolation(&record)?;
@@ -597,6 +600,17 @@ mod tests {
             assert_eq!(err.to_string(), "container nope does not exist");
         }
         assert!(rt.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_removes_an_unfinished_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(tmp.path(), Isolation::Namespace);
+        rt.store().claim("half").unwrap().keep();
+        assert!(rt.store().dir("half").is_dir());
+        let err = rt.delete("half", false).unwrap_err().to_string();
+        assert_eq!(err, "container half does not exist");
+        assert!(!rt.store().dir("half").exists());
     }
 
     #[test]

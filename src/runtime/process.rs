@@ -6,21 +6,26 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+/// Kernel task flag: the task is in exit(2).
+const PF_EXITING: u64 = 0x4;
+
 /// What /proc says about a PID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcState {
     /// No such process.
     Gone,
-    /// Exited, not yet reaped: counts as exited.
+    /// Exited but not yet reaped (a zombie), or a single-threaded process already inside
+    /// exit(2) (PF_EXITING: e.g. a pid-namespace init waiting for its namespace's last zombies,
+    /// which PID 1 on some hosts reaps only every few seconds). Counts as exited.
     Zombie,
-    /// Alive, with its start time (clock ticks since boot, /proc/<pid>/stat field 22).
+    /// Alive, with its start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
     Alive {
         /// Start time in clock ticks since boot.
         start_time: u64,
     },
 }
 
-/// Read /proc/<pid>/stat.
+/// Read `/proc/<pid>/stat`.
 pub fn proc_state(pid: i32) -> ProcState {
     if pid <= 0 {
         return ProcState::Gone;
@@ -35,9 +40,15 @@ pub fn proc_state(pid: i32) -> ProcState {
 fn parse_stat(stat: &str) -> Option<ProcState> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
+    // fields[0] is field 3 (state), fields[6] field 9 (flags), fields[17] field 20
+    // (num_threads), fields[19] field 22 (starttime).
     let state = fields.first()?;
     if *state == "Z" || *state == "X" {
+        return Some(ProcState::Zombie);
+    }
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    let threads: u64 = fields.get(17)?.parse().ok()?;
+    if flags & PF_EXITING != 0 && threads <= 1 {
         return Some(ProcState::Zombie);
     }
     let start_time = fields.get(19)?.parse().ok()?;
@@ -74,7 +85,9 @@ pub fn wait_exited(pid: i32, timeout: Duration) -> bool {
             if left.is_zero() {
                 return false;
             }
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // Wake up at least every 10 ms: an exiting init only becomes pollable once its
+            // namespace's zombies are reaped, but counts as exited as soon as it is exiting.
+            let ms = left.as_millis().min(10) as i32;
             let mut fds = [PollFd::new(
                 std::os::fd::AsFd::as_fd(&pidfd),
                 PollFlags::POLLIN,
@@ -112,6 +125,15 @@ mod tests {
         );
         let zombie = "42 (x) Z 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 99 0 0";
         assert_eq!(parse_stat(zombie), Some(ProcState::Zombie));
+        // PF_EXITING (0x4) in field 9: exiting counts as exited when single-threaded...
+        let exiting = "42 (x) S 1 42 42 0 -1 4194564 100 0 0 0 0 0 0 0 20 0 1 0 99 0 0";
+        assert_eq!(parse_stat(exiting), Some(ProcState::Zombie));
+        // ...but not while other threads of the process still run.
+        let leader_gone = "42 (x) S 1 42 42 0 -1 4194564 100 0 0 0 0 0 0 0 20 0 3 0 99 0 0";
+        assert_eq!(
+            parse_stat(leader_gone),
+            Some(ProcState::Alive { start_time: 99 })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 

@@ -39,7 +39,7 @@ pub struct ContainerRecord {
     pub isolation: Isolation,
     /// Host PID of the container's init process.
     pub pid: i32,
-    /// Start time of `pid` (/proc/<pid>/stat field 22), to detect PID reuse.
+    /// Start time of `pid` (`/proc/<pid>/stat` field 22), to detect PID reuse.
     pub pid_start_time: u64,
     /// Absolute bundle directory.
     pub bundle: PathBuf,

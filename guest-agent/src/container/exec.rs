@@ -131,11 +131,12 @@ fn child(
     if let Some(adj) = req.process.oom_score_adj() {
         process::set_oom_score_adj("self", adj)?;
     }
-    let exec = apply_process(req.process, console_fd, false)?;
-    finish_process(req.process)?;
+    let seccomp = req.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let prepared = apply_process(req.process, seccomp, console_fd, false)?;
+    finish_process(req.process, &prepared)?;
     sync.send(MSG_READY, &[])?;
     *after_ready = true;
     process::prepare_fds(3 + req.preserve_fds)?;
     process::reset_signals();
-    Err(exec.exec())
+    Err(prepared.exec())
 }

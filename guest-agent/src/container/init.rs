@@ -7,11 +7,12 @@ use std::io::Write;
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use oci_spec::runtime::{Hook, LinuxNamespaceType, Process};
+use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxSeccomp, Process};
 
 use super::error::{ContainerError, Result};
 use super::namespaces::{self, NamespacePlan};
 use super::rootfs::{self, RootfsContext};
+use super::seccomp::SeccompFilters;
 use super::sync::{Channel, MSG_ERROR, MSG_GO, MSG_READY};
 use super::{console, devices, hooks, paths, process, sysctl, CreateRequest};
 
@@ -173,7 +174,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
         rootfs::readonly_root(userns)?;
     }
 
-    let exec = apply_process(proc_, ctx.console_fd, true)?;
+    let prepared = apply_process(proc_, linux.seccomp().as_ref(), ctx.console_fd, true)?;
 
     ctx.sync.send(MSG_READY, &[])?;
     *after_ready = true;
@@ -186,7 +187,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
         f.write_all(b"0")
             .map_err(ContainerError::io("write exec fifo", "exec fifo"))?;
     }
-    finish_process(proc_)?;
+    finish_process(proc_, &prepared)?;
     hooks::run_all(
         hooks_of(req, |h| h.start_container()),
         &state_json,
@@ -194,7 +195,7 @@ fn setup(ctx: &InitContext<'_>, after_ready: &mut bool) -> Result<Infallible> {
     )?;
     process::prepare_fds(3 + req.preserve_fds)?;
     process::reset_signals();
-    Err(exec.exec())
+    Err(prepared.exec())
 }
 
 /// In a new (or joined) user namespace the init still has the caller's kernel ids, which are not
@@ -215,17 +216,44 @@ fn become_root_in_user_ns() -> Result<()> {
         .map_err(ContainerError::sys("setresuid 0 in the user namespace"))
 }
 
-/// Apply `process` to the current process, first phase: console, rlimits, bounding set, user,
-/// umask, cwd (checked with the user's permissions), and prepare its execve. The effective
-/// capabilities are then raised again (to the still-full permitted set) so that the init can open
-/// the exec FIFO whatever its owner; [`finish_process`] sets the final sets.
+/// A process ready to exec: its execve arguments and seccomp filters.
+pub(crate) struct Prepared {
+    exec: process::ExecArgs,
+    seccomp: Option<SeccompFilters>,
+    /// Install seccomp right before execve (no_new_privileges), else before dropping
+    /// capabilities (installing without no_new_privs needs CAP_SYS_ADMIN).
+    late_seccomp: bool,
+}
+
+impl Prepared {
+    /// Install late seccomp filters and execve; only returns on failure.
+    pub(crate) fn exec(&self) -> ContainerError {
+        if self.late_seccomp {
+            if let Some(f) = &self.seccomp {
+                if let Err(e) = f.install() {
+                    return e;
+                }
+            }
+        }
+        self.exec.exec()
+    }
+}
+
+/// Apply `process` to the current process, first phase: compile seccomp, console, rlimits,
+/// bounding set, user, umask, cwd (checked with the user's permissions), and prepare its execve.
+/// The effective capabilities are then raised again (to the still-full permitted set) so that
+/// the init can open the exec FIFO whatever its owner; [`finish_process`] sets the final sets.
 /// `console_fd`: the console socket when process.terminal. `bind_console`: bind the pty over
 /// /dev/console (init only).
 pub(crate) fn apply_process(
     p: &Process,
+    seccomp: Option<&LinuxSeccomp>,
     console_fd: Option<RawFd>,
     bind_console: bool,
-) -> Result<process::ExecArgs> {
+) -> Result<Prepared> {
+    let seccomp = seccomp
+        .map(crate::container::seccomp::compile)
+        .transpose()?;
     if let Some(sock) = console_fd.filter(|_| p.terminal() == Some(true)) {
         let size = p
             .console_size()
@@ -239,11 +267,20 @@ pub(crate) fn apply_process(
     process::apply_cwd(p)?;
     let exec = process::ExecArgs::prepare(p)?;
     process::raise_effective()?;
-    Ok(exec)
+    Ok(Prepared {
+        exec,
+        seccomp,
+        late_seccomp: p.no_new_privileges() == Some(true),
+    })
 }
 
-/// Second phase: the final capability sets and no_new_privileges.
-pub(crate) fn finish_process(p: &Process) -> Result<()> {
+/// Second phase: seccomp (unless late), the final capability sets and no_new_privileges.
+pub(crate) fn finish_process(p: &Process, prepared: &Prepared) -> Result<()> {
+    if !prepared.late_seccomp {
+        if let Some(f) = &prepared.seccomp {
+            f.install()?;
+        }
+    }
     process::apply_caps(p)?;
     process::apply_no_new_privileges(p)
 }

@@ -18,6 +18,7 @@ mod paths;
 mod process;
 mod release;
 mod rootfs;
+mod seccomp;
 mod secure_path;
 mod spawn;
 pub mod state;

@@ -1,0 +1,194 @@
+//! `VmConfig`: everything needed to build one microVM, and the guest CPU profile choice.
+
+use std::path::{Path, PathBuf};
+
+/// The command line every kvmbox guest starts with (the user's is appended).
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 rodata=off lpj=10000000 tsc=reliable no_timer_check quiet";
+
+/// Kernel command-line flag that makes the project's guest kernel clear the CPU features KVM's
+/// instruction emulator cannot execute (see docs/vmm.md).
+pub const EMULATED_CPU_FLAG: &str = "kvmbox.emulated_cpu";
+
+/// Present on hosts whose KVM is the nested "pagetable-based VM" module (guest kernel emulated).
+pub const KVM_PVM_SYSFS: &str = "/sys/module/kvm_pvm";
+
+/// Guest CPU profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuProfile {
+    /// Real KVM: the guest sees (and may use) the host CPU features.
+    Host,
+    /// Guest kernel code is emulated by KVM: the guest kernel must avoid instructions the
+    /// emulator cannot run; the VMM passes [`EMULATED_CPU_FLAG`].
+    Emulated,
+}
+
+/// A CPU profile together with the reason it was chosen (logged once per VM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileChoice {
+    /// The chosen profile.
+    pub profile: CpuProfile,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl CpuProfile {
+    /// Pick the profile: the override if given, else `Emulated` when `pvm_marker` exists.
+    pub fn choose(overridden: Option<CpuProfile>, pvm_marker: &Path) -> ProfileChoice {
+        match overridden {
+            Some(profile) => ProfileChoice {
+                profile,
+                reason: "set by --cpu-profile".to_string(),
+            },
+            None if pvm_marker.exists() => ProfileChoice {
+                profile: CpuProfile::Emulated,
+                reason: format!(
+                    "{} exists: nested PVM host, guest kernel code is emulated",
+                    pvm_marker.display()
+                ),
+            },
+            None => ProfileChoice {
+                profile: CpuProfile::Host,
+                reason: format!("{} absent: hardware-virtualized KVM", pvm_marker.display()),
+            },
+        }
+    }
+
+    /// Lower-case name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuProfile::Host => "host",
+            CpuProfile::Emulated => "emulated",
+        }
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOutput {
+    /// The VMM's stdout.
+    Stdout,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+    /// Discarded.
+    Sink,
+}
+
+/// Everything needed to build one microVM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF vmlinux (PVH entry preferred) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd (cpio, possibly compressed).
+    pub initrd: Option<PathBuf>,
+    /// Extra command line, appended after [`DEFAULT_CMDLINE`] and the profile flag.
+    pub extra_cmdline: Option<String>,
+    /// Number of vCPUs (1..=32).
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Serial console destination.
+    pub serial: SerialOutput,
+    /// Feed the VMM's stdin to the guest serial port.
+    pub serial_input: bool,
+    /// Guest CPU profile.
+    pub cpu_profile: CpuProfile,
+}
+
+impl VmConfig {
+    /// A config with kvmbox's defaults (1 vCPU, 128 MiB, serial on stdout, host profile).
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            extra_cmdline: None,
+            vcpus: 1,
+            memory_mib: 128,
+            serial: SerialOutput::Stdout,
+            serial_input: false,
+            cpu_profile: CpuProfile::Host,
+        }
+    }
+
+    /// Validate the numeric limits.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vcpus == 0 || self.vcpus > 32 {
+            return Err(format!("vcpus must be 1..=32, got {}", self.vcpus));
+        }
+        if self.memory_mib < 32 {
+            return Err(format!(
+                "memory must be at least 32 MiB, got {}",
+                self.memory_mib
+            ));
+        }
+        if u64::from(self.memory_mib) > 64 * 1024 {
+            return Err(format!(
+                "memory must be at most 65536 MiB, got {}",
+                self.memory_mib
+            ));
+        }
+        Ok(())
+    }
+
+    /// The base kernel command line: defaults, the profile flag, then the user's part.
+    pub fn base_cmdline(&self) -> String {
+        let mut s = DEFAULT_CMDLINE.to_string();
+        if self.cpu_profile == CpuProfile::Emulated {
+            s.push(' ');
+            s.push_str(EMULATED_CPU_FLAG);
+        }
+        if let Some(extra) = self.extra_cmdline.as_deref().map(str::trim) {
+            if !extra.is_empty() {
+                s.push(' ');
+                s.push_str(extra);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_override_wins() {
+        let c = CpuProfile::choose(Some(CpuProfile::Host), Path::new("/"));
+        assert_eq!(c.profile, CpuProfile::Host);
+        assert!(c.reason.contains("--cpu-profile"));
+    }
+
+    #[test]
+    fn profile_detected_from_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CpuProfile::choose(None, dir.path());
+        assert_eq!(c.profile, CpuProfile::Emulated);
+        let c = CpuProfile::choose(None, &dir.path().join("missing"));
+        assert_eq!(c.profile, CpuProfile::Host);
+    }
+
+    #[test]
+    fn cmdline_has_defaults_flag_and_user_part() {
+        let mut c = VmConfig::new("/k");
+        c.cpu_profile = CpuProfile::Emulated;
+        c.extra_cmdline = Some(" init=/init ".into());
+        assert_eq!(
+            c.base_cmdline(),
+            format!("{DEFAULT_CMDLINE} {EMULATED_CPU_FLAG} init=/init")
+        );
+        c.cpu_profile = CpuProfile::Host;
+        c.extra_cmdline = None;
+        assert_eq!(c.base_cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut c = VmConfig::new("/k");
+        assert!(c.validate().is_ok());
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+        c.vcpus = 1;
+        c.memory_mib = 1;
+        assert!(c.validate().is_err());
+    }
+}
