@@ -1,5 +1,5 @@
 //! A small cgroupfs manager for the controllers kvmbox uses (memory, pids, cpu, cpuacct, cpuset,
-//! freezer, devices), on cgroup v1 (one hierarchy per controller under /sys/fs/cgroup/<ctrl>) and on the
+//! freezer, devices), on cgroup v1 (one hierarchy per controller under `/sys/fs/cgroup/<ctrl>`) and on the
 //! unified v2 hierarchy (/sys/fs/cgroup). Only the needed hierarchies are touched.
 
 use std::fs;
