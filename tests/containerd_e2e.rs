@@ -1,0 +1,416 @@
+//! containerd end-to-end tests for `containerd-shim-kvmbox-v2`: a private containerd (Debian's
+//! containerd 1.6 package, `apt-get install containerd`) started from a temp dir with the built
+//! shim and kvmbox on its PATH, a locally built busybox image imported with `ctr image import`,
+//! and `ctr` driving containers in namespace mode. Needs root.
+
+#[path = "common/image.rs"]
+mod image;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use image::{build_busybox_image, IMAGE_NAME};
+
+const RUNTIME: &str = "io.containerd.kvmbox.v2";
+const NAMESPACE_MODE: &str = "io.kvmbox.isolation=namespace";
+const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacct", "freezer"];
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// What one `ctr` invocation did.
+#[derive(Debug)]
+struct Outcome {
+    command: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn ok(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "{} failed: {self:#?}", self.command);
+        self
+    }
+}
+
+/// A private containerd in a temp dir; stopped and everything it left removed on drop.
+struct Containerd {
+    dir: PathBuf,
+    namespace: String,
+    child: Option<Child>,
+}
+
+fn require_tools() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "containerd_e2e needs root (it runs containerd and real containers)"
+    );
+    for tool in ["containerd", "ctr"] {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|d| d.join(tool).is_file())
+        });
+        assert!(
+            found,
+            "`{tool}` not found in PATH: install Debian's containerd package (apt-get install -y containerd)"
+        );
+    }
+}
+
+fn shim_dir() -> PathBuf {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kvmbox-v2"));
+    let kvmbox = Path::new(env!("CARGO_BIN_EXE_kvmbox"));
+    assert_eq!(shim.parent(), kvmbox.parent(), "shim and kvmbox side by side");
+    shim.parent().unwrap().to_path_buf()
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_tools();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/kvmbox-ctrd-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut me = Containerd {
+            namespace: format!("kvmbox-e2e-{}-{n}", std::process::id()),
+            dir,
+            child: None,
+        };
+        let t = me.dir.display().to_string();
+        let config = format!(
+            r#"version = 2
+root = "{t}/root"
+state = "{t}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{t}/containerd.sock"
+[ttrpc]
+  address = "{t}/containerd.sock.ttrpc"
+[debug]
+  address = "{t}/debug.sock"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{t}/opt"
+"#
+        );
+        fs::write(me.dir.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = fs::File::create(me.dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(me.dir.join("config.toml"))
+            .env("PATH", path)
+            .env("KVMBOX_SHIM_ROOT", me.dir.join("kvmbox"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        me.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while me.ctr(&["version"]).code != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up; log:\n{}",
+                me.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let tar = build_busybox_image(&me.dir);
+        me.ctr(&["image", "import", tar.to_str().unwrap()]).ok();
+        me
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Run `ctr` against this containerd, with a timeout.
+    fn ctr(&self, args: &[&str]) -> Outcome {
+        let sock = self.dir.join("containerd.sock");
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(&sock)
+            .args(["-n", &self.namespace])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command = format!("ctr {}", args.join(" "));
+        let child = cmd.spawn().expect("run ctr");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(CTR_TIMEOUT) {
+            Ok(out) => out.expect("wait for ctr"),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("{command} timed out; containerd log:\n{}", self.log());
+            }
+        };
+        Outcome {
+            command,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `ctr run` with the kvmbox runtime in namespace mode.
+    fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
+        let fifo = self.dir.join("fifo");
+        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", NAMESPACE_MODE];
+        args.extend_from_slice(&["--fifo-dir", fifo.to_str().unwrap()]);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE_NAME, id]);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// The task's (pid, status) from `ctr task ls`, if listed.
+    fn task(&self, id: &str) -> Option<(i32, String)> {
+        let out = self.ctr(&["task", "ls"]);
+        out.ok();
+        out.stdout.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| (cols[1].parse().unwrap_or(0), cols[2].to_string()))
+        })
+    }
+
+    /// Wait until `ctr task ls` shows `id` with `status` (or without it for `None`).
+    fn wait_task(&self, id: &str, status: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.task(id);
+            if now.as_ref().map(|(_, s)| s.as_str()) == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id}: want {status:?}, have {now:?}; containerd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Nothing of container `id` is left: no cgroup, no kvmbox state, no mount, no process.
+    fn assert_no_leftovers(&self, id: &str, pid: i32) {
+        for c in CGROUP_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup").join(c).join(&self.namespace).join(id);
+            assert!(!dir.exists(), "leftover cgroup {}", dir.display());
+        }
+        let state = self.dir.join("kvmbox").join(&self.namespace).join(id);
+        assert!(!state.exists(), "leftover kvmbox state {}", state.display());
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))),
+            "leftover rootfs mount of {id}"
+        );
+        assert!(pid > 0);
+        assert!(gone(pid), "process {pid} of {id} is still alive");
+    }
+}
+
+/// True once `pid` is gone or a zombie (PID 1 here reaps orphans only every ~2 s).
+fn gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) => {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                if state.starts_with('Z') || state.starts_with('X') {
+                    return true;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers left by a failed test: kvmbox kills and removes them.
+        let root = self.dir.join("kvmbox").join(&self.namespace);
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let _ = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        // Shims of this containerd (their -address names our socket).
+        for pid in pids_mentioning(&self.dir.join("containerd.sock").display().to_string()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let dir = self.dir.display().to_string();
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for c in CGROUP_CONTROLLERS {
+            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join(&self.namespace));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+#[test]
+fn run_rm_captures_output_and_propagates_exit_codes() {
+    let ctrd = Containerd::start();
+    let out = ctrd.run(&["--rm"], &id("echo"), &["echo", "hello"]);
+    out.ok();
+    assert_eq!(out.stdout, "hello\n", "{out:#?}");
+
+    let out = ctrd.run(
+        &["--rm"],
+        &id("exit7"),
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"],
+    );
+    assert_eq!(out.code, Some(7), "{out:#?}");
+    assert_eq!(out.stdout, "to-stdout\n", "{out:#?}");
+    assert!(out.stderr.contains("to-stderr"), "{out:#?}");
+
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(listed.ok().stdout.trim(), "", "--rm left containers: {listed:#?}");
+}
+
+#[test]
+fn exec_ps_metrics_pause_kill_and_delete() {
+    let ctrd = Containerd::start();
+    let c = id("long");
+    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
+    let (pid, status) = ctrd.task(&c).expect("task listed");
+    assert_eq!(status, "RUNNING");
+
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &c, "sh", "-c", "echo in-exec; exit 3"]);
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    assert_eq!(out.stdout, "in-exec\n", "{out:#?}");
+
+    let ps = ctrd.ctr(&["task", "ps", &c]);
+    ps.ok();
+    assert!(
+        ps.stdout.lines().any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
+        "init {pid} not in ps: {ps:#?}"
+    );
+
+    let metrics = ctrd.ctr(&["task", "metrics", &c]);
+    metrics.ok();
+    assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
+    assert!(metrics.stdout.contains("memory.usage_in_bytes"), "{metrics:#?}");
+
+    ctrd.ctr(&["task", "pause", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
+    ctrd.ctr(&["task", "resume", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "RUNNING");
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &c]).ok();
+    ctrd.wait_task(&c, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &c]).ok();
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.wait_task(&c, None);
+    ctrd.assert_no_leftovers(&c, pid);
+}
+
+#[test]
+fn containerd_recovers_when_the_shim_is_killed() {
+    let ctrd = Containerd::start();
+    let c = id("orphan");
+    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
+    let (pid, _) = ctrd.task(&c).expect("task listed");
+    let shims: Vec<i32> = pids_mentioning(&format!("-id\0{c}"))
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices the dead shim, runs `shim delete` and drops the task.
+    ctrd.wait_task(&c, None);
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.assert_no_leftovers(&c, pid);
+}
+
+#[test]
+fn vm_isolation_is_refused_with_a_clear_error() {
+    let ctrd = Containerd::start();
+    let c = id("vm");
+    let fifo = ctrd.dir.join("fifo");
+    let out = ctrd.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--fifo-dir", fifo.to_str().unwrap(),
+        IMAGE_NAME, &c, "true",
+    ]);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("isolation vm (the default) is not built yet"),
+        "{out:#?}"
+    );
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(listed.ok().stdout.trim(), "", "--rm left containers: {listed:#?}");
+    let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
+    assert!(!state.exists(), "leftover kvmbox state");
+}
