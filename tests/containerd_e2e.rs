@@ -50,9 +50,8 @@ fn require_tools() {
         "containerd_e2e needs root (it runs containerd and real containers)"
     );
     for tool in ["containerd", "ctr"] {
-        let found = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|d| d.join(tool).is_file())
-        });
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
         assert!(
             found,
             "`{tool}` not found in PATH: install Debian's containerd package (apt-get install -y containerd)"
@@ -63,7 +62,11 @@ fn require_tools() {
 fn shim_dir() -> PathBuf {
     let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kvmbox-v2"));
     let kvmbox = Path::new(env!("CARGO_BIN_EXE_kvmbox"));
-    assert_eq!(shim.parent(), kvmbox.parent(), "shim and kvmbox side by side");
+    assert_eq!(
+        shim.parent(),
+        kvmbox.parent(),
+        "shim and kvmbox side by side"
+    );
     shim.parent().unwrap().to_path_buf()
 }
 
@@ -209,21 +212,42 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         }
     }
 
-    /// Nothing of container `id` is left: no cgroup, no kvmbox state, no mount, no process.
+    /// Nothing of container `id` is left (within 10 s: containerd cleans up after a dead
+    /// shim asynchronously): no cgroup, no kvmbox state, no rootfs mount, no live process.
     fn assert_no_leftovers(&self, id: &str, pid: i32) {
-        for c in CGROUP_CONTROLLERS {
-            let dir = Path::new("/sys/fs/cgroup").join(c).join(&self.namespace).join(id);
-            assert!(!dir.exists(), "leftover cgroup {}", dir.display());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.leftovers(id);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "leftovers of {id}: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let state = self.dir.join("kvmbox").join(&self.namespace).join(id);
-        assert!(!state.exists(), "leftover kvmbox state {}", state.display());
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))),
-            "leftover rootfs mount of {id}"
-        );
         assert!(pid > 0);
         assert!(gone(pid), "process {pid} of {id} is still alive");
+    }
+
+    fn leftovers(&self, id: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        for c in CGROUP_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&self.namespace)
+                .join(id);
+            if dir.exists() {
+                left.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        let state = self.dir.join("kvmbox").join(&self.namespace).join(id);
+        if state.exists() {
+            left.push(format!("kvmbox state {}", state.display()));
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))) {
+            left.push("rootfs mount".into());
+        }
+        left
     }
 }
 
@@ -310,7 +334,11 @@ impl Drop for Containerd {
 }
 
 fn id(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[test]
@@ -330,7 +358,11 @@ fn run_rm_captures_output_and_propagates_exit_codes() {
     assert!(out.stderr.contains("to-stderr"), "{out:#?}");
 
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
-    assert_eq!(listed.ok().stdout.trim(), "", "--rm left containers: {listed:#?}");
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
 }
 
 #[test]
@@ -341,21 +373,35 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let (pid, status) = ctrd.task(&c).expect("task listed");
     assert_eq!(status, "RUNNING");
 
-    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &c, "sh", "-c", "echo in-exec; exit 3"]);
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &c,
+        "sh",
+        "-c",
+        "echo in-exec; exit 3",
+    ]);
     assert_eq!(out.code, Some(3), "{out:#?}");
     assert_eq!(out.stdout, "in-exec\n", "{out:#?}");
 
     let ps = ctrd.ctr(&["task", "ps", &c]);
     ps.ok();
     assert!(
-        ps.stdout.lines().any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
+        ps.stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
         "init {pid} not in ps: {ps:#?}"
     );
 
     let metrics = ctrd.ctr(&["task", "metrics", &c]);
     metrics.ok();
     assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
-    assert!(metrics.stdout.contains("memory.usage_in_bytes"), "{metrics:#?}");
+    assert!(
+        metrics.stdout.contains("memory.usage_in_bytes"),
+        "{metrics:#?}"
+    );
 
     ctrd.ctr(&["task", "pause", &c]).ok();
     assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
@@ -401,16 +447,28 @@ fn vm_isolation_is_refused_with_a_clear_error() {
     let c = id("vm");
     let fifo = ctrd.dir.join("fifo");
     let out = ctrd.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--fifo-dir", fifo.to_str().unwrap(),
-        IMAGE_NAME, &c, "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        IMAGE_NAME,
+        &c,
+        "true",
     ]);
     assert_ne!(out.code, Some(0), "{out:#?}");
     assert!(
-        out.stderr.contains("isolation vm (the default) is not built yet"),
+        out.stderr
+            .contains("isolation vm (the default) is not built yet"),
         "{out:#?}"
     );
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
-    assert_eq!(listed.ok().stdout.trim(), "", "--rm left containers: {listed:#?}");
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
     let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
     assert!(!state.exists(), "leftover kvmbox state");
 }

@@ -143,9 +143,8 @@ fn serve(flags: &Flags) -> Result<()> {
     {
         eprintln!("{RUNTIME_NAME}: logging to the bundle's log fifo: {e}");
     }
-    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV).map_err(|_| {
-        ShimError::InvalidArgument(format!("${TTRPC_ADDRESS_ENV} is not set"))
-    })?;
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV)
+        .map_err(|_| ShimError::InvalidArgument(format!("${TTRPC_ADDRESS_ENV} is not set")))?;
     let publisher = RemotePublisher::new(&ttrpc_address)?;
     let events = EventSender::start(publisher, flags.namespace.clone());
     let exit_signal = Arc::new(ExitSignal::default());
@@ -192,10 +191,26 @@ fn bind(path: &Path) -> Result<UnixListener> {
                     path.display()
                 )));
             }
-            std::fs::remove_file(path).map_err(|e| ShimError::io("remove stale socket", path, e))?;
+            std::fs::remove_file(path)
+                .map_err(|e| ShimError::io("remove stale socket", path, e))?;
             UnixListener::bind(path).map_err(|e| ShimError::io("listen on", path, e))
         }
         other => other.map_err(|e| ShimError::io("listen on", path, e)),
+    }
+}
+
+/// Remove the socket of this container's shim if no shim answers on it any more (a shim
+/// killed by SIGKILL leaves it behind).
+fn remove_stale_socket(flags: &Flags, bundle: &Path) {
+    if flags.address.is_empty() {
+        return;
+    }
+    let annotations = bundle_annotations(bundle).unwrap_or_default();
+    let group = grouping(&flags.id, &annotations);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    let path = socket_path(&address);
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -226,6 +241,7 @@ fn delete(flags: &Flags) -> Result<()> {
         eprintln!("{RUNTIME_NAME}: {e}");
     }
     unmount(&bundle.join("rootfs"));
+    remove_stale_socket(flags, &bundle);
     let response = DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,

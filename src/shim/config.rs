@@ -91,11 +91,20 @@ mod tests {
     fn isolation_comes_from_annotation_then_env_then_vm() {
         assert!(check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "namespace")]), None).is_ok());
         assert!(check_isolation("c1", &ann(&[]), Some("namespace")).is_ok());
-        let err = check_isolation("c1", &ann(&[]), None).unwrap_err().to_string();
-        assert!(err.contains("isolation vm (the default) is not built yet"), "{err}");
-        let err = check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "vm")]), Some("namespace"))
+        let err = check_isolation("c1", &ann(&[]), None)
             .unwrap_err()
             .to_string();
+        assert!(
+            err.contains("isolation vm (the default) is not built yet"),
+            "{err}"
+        );
+        let err = check_isolation(
+            "c1",
+            &ann(&[(ISOLATION_ANNOTATION, "vm")]),
+            Some("namespace"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("annotation io.kvmbox.isolation"), "{err}");
         let err = check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "kvm")]), None)
             .unwrap_err()
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn pods_group_by_sandbox_id() {
         assert_eq!(grouping("c1", &ann(&[])), "c1");
-        assert_eq!(grouping("c1", &ann(&[(SANDBOX_ID_ANNOTATION, "pod1")])), "pod1");
+        assert_eq!(
+            grouping("c1", &ann(&[(SANDBOX_ID_ANNOTATION, "pod1")])),
+            "pod1"
+        );
     }
 
     #[test]
@@ -118,7 +130,10 @@ mod tests {
         )
         .unwrap();
         let a = bundle_annotations(dir.path()).unwrap();
-        assert_eq!(a.get(ISOLATION_ANNOTATION).map(String::as_str), Some("namespace"));
+        assert_eq!(
+            a.get(ISOLATION_ANNOTATION).map(String::as_str),
+            Some("namespace")
+        );
         assert!(bundle_annotations(Path::new("/nonexistent")).is_err());
     }
 }

@@ -30,7 +30,8 @@ impl EventSender {
             .name("events".into())
             .spawn(move || {
                 for q in rx {
-                    if let Err(e) = publisher.publish(Context::default(), &q.topic, &namespace, q.event)
+                    if let Err(e) =
+                        publisher.publish(Context::default(), &q.topic, &namespace, q.event)
                     {
                         containerd_shim::error!("publish {}: {e}", q.topic);
                     }

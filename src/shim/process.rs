@@ -172,7 +172,11 @@ mod tests {
         assert_eq!(p.lock().status, Status::STOPPED);
         assert!(!p.lock().started_event_sent);
         p.set_started(&events);
-        assert_eq!(p.lock().status, Status::STOPPED, "start after exit stays stopped");
+        assert_eq!(
+            p.lock().status,
+            Status::STOPPED,
+            "start after exit stays stopped"
+        );
         assert_eq!(p.wait().status, 7);
         assert_eq!(p.event_id(), "c1");
     }

@@ -407,9 +407,8 @@ impl Inner {
                 req.exec_id, req.id
             )));
         }
-        crate::runtime::lifecycle::send_signal(s.pid, signal).map_err(|e| {
-            ShimError::FailedPrecondition(format!("kill exec {}: {e}", req.exec_id))
-        })
+        crate::runtime::lifecycle::send_signal(s.pid, signal)
+            .map_err(|e| ShimError::FailedPrecondition(format!("kill exec {}: {e}", req.exec_id)))
     }
 
     fn exec(&self, req: &ExecProcessRequest) -> Result<()> {
@@ -433,7 +432,11 @@ impl Inner {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let spec = req.spec.as_ref().map(|s| s.value.clone()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_default();
         execs.insert(
             req.exec_id.clone(),
             Exec {
@@ -519,7 +522,8 @@ impl Inner {
 }
 
 fn read_pid(path: &Path) -> Result<i32> {
-    let text = std::fs::read_to_string(path).map_err(|e| ShimError::io("read pid file", path, e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ShimError::io("read pid file", path, e))?;
     text.trim().parse().map_err(|_| {
         ShimError::FailedPrecondition(format!("{}: not a pid: {text:?}", path.display()))
     })

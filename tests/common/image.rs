@@ -74,7 +74,9 @@ pub fn build_busybox_image(work: &Path) -> std::path::PathBuf {
         .arg(&layer_tar)
         .arg("."));
     let diff_id = format!("sha256:{}", sha256(&layer_tar));
-    run(Command::new("gzip").args(["-n", "-k", "-f"]).arg(&layer_tar));
+    run(Command::new("gzip")
+        .args(["-n", "-k", "-f"])
+        .arg(&layer_tar));
     let (layer_digest, layer_size) = add_blob(&layout, &work.join("layer.tar.gz"));
 
     let config = json!({
@@ -110,8 +112,11 @@ pub fn build_busybox_image(work: &Path) -> std::path::PathBuf {
         }],
     });
     fs::write(layout.join("index.json"), index.to_string()).expect("write index.json");
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("write oci-layout");
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write oci-layout");
     let image = work.join("image.tar");
     run(Command::new("tar")
         .arg("-C")
