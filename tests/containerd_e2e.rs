@@ -140,17 +140,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// Run `ctr` against this containerd, with a timeout.
     fn ctr(&self, args: &[&str]) -> Outcome {
+        self.ctr_input(args, None)
+    }
+
+    /// Run `ctr` with `input` (if any) on its stdin, which it forwards to the process.
+    fn ctr_input(&self, args: &[&str], input: Option<&[u8]>) -> Outcome {
         let sock = self.dir.join("containerd.sock");
         let mut cmd = Command::new("ctr");
         cmd.arg("-a")
             .arg(&sock)
             .args(["-n", &self.namespace])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let command = format!("ctr {}", args.join(" "));
-        let child = cmd.spawn().expect("run ctr");
+        let mut child = cmd.spawn().expect("run ctr");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            stdin.write_all(input).expect("write ctr stdin");
+        }
         let pid = child.id() as i32;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -386,6 +399,23 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     assert_eq!(out.code, Some(3), "{out:#?}");
     assert_eq!(out.stdout, "in-exec\n", "{out:#?}");
 
+    // Stdin reaches the process; EOF on ctr's stdin closes it (CloseIO).
+    let out = ctrd.ctr_input(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            &c,
+            "sh",
+            "-c",
+            "cat; echo end",
+        ],
+        Some(b"piped-data\n"),
+    );
+    out.ok();
+    assert_eq!(out.stdout, "piped-data\nend\n", "{out:#?}");
+
     let ps = ctrd.ctr(&["task", "ps", &c]);
     ps.ok();
     assert!(
@@ -471,4 +501,34 @@ fn vm_isolation_is_refused_with_a_clear_error() {
     );
     let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
     assert!(!state.exists(), "leftover kvmbox state");
+}
+
+#[test]
+fn terminal_gets_a_pty_sized_by_resize_pty() {
+    let ctrd = Containerd::start();
+    let c = id("tty");
+    let sock = ctrd.dir.join("containerd.sock");
+    let fifo = ctrd.dir.join("fifo");
+    // `script` gives ctr a terminal of 91x33; ctr forwards its size with ResizePty.
+    let inner = format!(
+        "stty cols 91 rows 33; ctr -a {} -n {} run --rm -t --runtime {RUNTIME} --annotation {NAMESPACE_MODE} --fifo-dir {} {IMAGE_NAME} {c} sh -c 'sleep 0.3; tty; stty size < /dev/tty; exit 4'",
+        sock.display(),
+        ctrd.namespace,
+        fifo.display()
+    );
+    let out = Command::new("timeout")
+        .args(["60", "script", "-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script(1) (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/"), "no pty: {text}");
+    assert!(text.contains("33 91"), "size not forwarded: {text}");
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
 }
