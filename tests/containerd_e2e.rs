@@ -354,12 +354,55 @@ fn id(prefix: &str) -> String {
     )
 }
 
+impl Containerd {
+    /// Start `ctr events`, writing to `<dir>/events.txt`.
+    fn watch_events(&self) -> Child {
+        let out = fs::File::create(self.dir.join("events.txt")).unwrap();
+        let child = Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", &self.namespace, "events"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    }
+
+    /// The /tasks/* topics `ctr events` saw for container `id`, in order.
+    fn task_topics(&self, mut watcher: Child, id: &str) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+        let text = fs::read_to_string(self.dir.join("events.txt")).unwrap();
+        let needle = format!("\"container_id\":\"{id}\"");
+        text.lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .map(String::from)
+            .collect()
+    }
+}
+
 #[test]
 fn run_rm_captures_output_and_propagates_exit_codes() {
     let ctrd = Containerd::start();
-    let out = ctrd.run(&["--rm"], &id("echo"), &["echo", "hello"]);
+    let watcher = ctrd.watch_events();
+    let c = id("echo");
+    let out = ctrd.run(&["--rm"], &c, &["echo", "hello"]);
     out.ok();
     assert_eq!(out.stdout, "hello\n", "{out:#?}");
+    assert_eq!(
+        ctrd.task_topics(watcher, &c),
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
 
     let out = ctrd.run(
         &["--rm"],
@@ -381,6 +424,7 @@ fn run_rm_captures_output_and_propagates_exit_codes() {
 #[test]
 fn exec_ps_metrics_pause_kill_and_delete() {
     let ctrd = Containerd::start();
+    let watcher = ctrd.watch_events();
     let c = id("long");
     ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
     let (pid, status) = ctrd.task(&c).expect("task listed");
@@ -444,6 +488,17 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     ctrd.ctr(&["container", "rm", &c]).ok();
     ctrd.wait_task(&c, None);
     ctrd.assert_no_leftovers(&c, pid);
+    let exec = ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"];
+    let mut want = vec!["/tasks/create", "/tasks/start"];
+    want.extend(exec);
+    want.extend(exec);
+    want.extend([
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]);
+    assert_eq!(ctrd.task_topics(watcher, &c), want);
 }
 
 #[test]
