@@ -236,12 +236,12 @@ fn delete(flags: &Flags) -> Result<()> {
     } else {
         PathBuf::from(&flags.bundle)
     };
+    remove_stale_socket(flags, &bundle);
     let kvmbox = Kvmbox::locate(state_root(&flags.namespace))?;
     if let Err(e) = kvmbox.delete(&flags.id, true) {
         eprintln!("{RUNTIME_NAME}: {e}");
     }
     unmount(&bundle.join("rootfs"));
-    remove_stale_socket(flags, &bundle);
     let response = DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
