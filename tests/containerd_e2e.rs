@@ -507,13 +507,7 @@ fn containerd_recovers_when_the_shim_is_killed() {
     let c = id("orphan");
     ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
     let (pid, _) = ctrd.task(&c).expect("task listed");
-    let shims: Vec<i32> = pids_mentioning(&format!("-id\0{c}"))
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
-        })
-        .collect();
+    let shims = shims_for(&c);
     assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shims[0]),
@@ -586,4 +580,50 @@ fn terminal_gets_a_pty_sized_by_resize_pty() {
         "",
         "--rm left containers: {listed:#?}"
     );
+}
+
+/// containerd-shim processes whose command line carries `-id <id>`.
+fn shims_for(id: &str) -> Vec<i32> {
+    pids_mentioning(&format!("-id\0{id}\0"))
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
+        })
+        .collect()
+}
+
+#[test]
+fn containers_of_one_pod_share_one_shim() {
+    let ctrd = Containerd::start();
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", id("pod"));
+    let (a, b) = (id("pod-a"), id("pod-b"));
+    for c in [&a, &b] {
+        ctrd.run(&["-d", "--annotation", &pod], c, &["sleep", "1000"])
+            .ok();
+    }
+    let shims = shims_for(&a);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    assert!(
+        shims_for(&b).is_empty(),
+        "the second container got its own shim"
+    );
+    let (pid_a, _) = ctrd.task(&a).expect("a listed");
+    let (pid_b, _) = ctrd.task(&b).expect("b listed");
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &a]).ok();
+    ctrd.wait_task(&a, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &a]).ok();
+    ctrd.ctr(&["container", "rm", &a]).ok();
+    ctrd.assert_no_leftovers(&a, pid_a);
+    // The shim serves the other container on.
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &b, "echo", "still here"]);
+    assert_eq!(out.ok().stdout, "still here\n");
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &b]).ok();
+    ctrd.wait_task(&b, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &b]).ok();
+    ctrd.ctr(&["container", "rm", &b]).ok();
+    ctrd.assert_no_leftovers(&b, pid_b);
+    assert!(gone(shims[0]), "the pod's shim outlived its last container");
 }
