@@ -482,7 +482,11 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     ctrd.ctr(&["task", "resume", &c]).ok();
     assert_eq!(ctrd.task(&c).unwrap().1, "RUNNING");
 
-    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &c]).ok();
+    // --all signals every process in the container's cgroup (an exec'd sleep included).
+    ctrd.ctr(&["task", "exec", "-d", "--exec-id", "bg", &c, "sleep", "1000"])
+        .ok();
+    ctrd.ctr(&["task", "kill", "--all", "--signal", "SIGKILL", &c])
+        .ok();
     ctrd.wait_task(&c, Some("STOPPED"));
     ctrd.ctr(&["task", "rm", &c]).ok();
     ctrd.ctr(&["container", "rm", &c]).ok();
@@ -492,12 +496,9 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let mut want = vec!["/tasks/create", "/tasks/start"];
     want.extend(exec);
     want.extend(exec);
-    want.extend([
-        "/tasks/paused",
-        "/tasks/resumed",
-        "/tasks/exit",
-        "/tasks/delete",
-    ]);
+    want.extend(["/tasks/paused", "/tasks/resumed"]);
+    want.extend(["/tasks/exec-added", "/tasks/exec-started"]);
+    want.extend(["/tasks/exit", "/tasks/exit", "/tasks/delete"]);
     assert_eq!(ctrd.task_topics(watcher, &c), want);
 }
 
