@@ -628,3 +628,64 @@ fn containers_of_one_pod_share_one_shim() {
     ctrd.assert_no_leftovers(&b, pid_b);
     assert!(gone(shims[0]), "the pod's shim outlived its last container");
 }
+
+/// min / median / max of `samples` in milliseconds.
+fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = samples.len();
+    let median = if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    };
+    (samples[0], median, samples[n - 1])
+}
+
+/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim
+/// (namespace mode) and with containerd's runc shim, side by side. Run it with
+/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs per runtime.
+#[test]
+#[ignore = "benchmark: make bench-containerd"]
+fn bench_ctr_run_true() {
+    let runs: usize = std::env::var("KVMBOX_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let ctrd = Containerd::start();
+    let fifo = ctrd.dir.join("fifo");
+    let fifo = fifo.to_str().unwrap();
+    let runtimes: [(&str, Vec<&str>); 2] = [
+        (
+            "kvmbox shim (namespace)",
+            vec!["--runtime", RUNTIME, "--annotation", NAMESPACE_MODE],
+        ),
+        ("runc shim", vec!["--runtime", "io.containerd.runc.v2"]),
+    ];
+    let mut rows = Vec::new();
+    for (name, flags) in &runtimes {
+        let mut samples = Vec::new();
+        for i in 0..=runs {
+            let c = id("bench");
+            let mut args = vec!["run", "--rm", "--fifo-dir", fifo];
+            args.extend(flags);
+            args.extend([IMAGE_NAME, c.as_str(), "/bin/true"]);
+            let started = Instant::now();
+            ctrd.ctr(&args).ok();
+            if i > 0 {
+                // The first run warms caches.
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        rows.push((*name, summary(&mut samples)));
+    }
+    println!("\n`ctr run --rm IMAGE ID /bin/true`, {runs} runs each (ms):");
+    println!("| runtime | min | median | max |\n|---|---|---|---|");
+    for (name, (min, median, max)) in &rows {
+        println!("| {name} | {min:.1} | {median:.1} | {max:.1} |");
+    }
+    println!(
+        "median ratio kvmbox/runc: {:.2}",
+        rows[0].1 .1 / rows[1].1 .1
+    );
+    println!("(kvmbox VM mode: not built yet)");
+}
