@@ -333,7 +333,7 @@ impl Drop for Containerd {
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-            .filter(|m| m.starts_with(&dir))
+            .filter(|m| m == &dir || m.starts_with(&format!("{dir}/")))
             .collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
@@ -371,18 +371,27 @@ impl Containerd {
         child
     }
 
-    /// The /tasks/* topics `ctr events` saw for container `id`, in order.
-    fn task_topics(&self, mut watcher: Child, id: &str) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(300));
+    /// The /tasks/* topics `ctr events` saw for container `id`, in order, once it saw `want`
+    /// of them (or after 10 s: events reach `ctr events` asynchronously).
+    fn task_topics(&self, mut watcher: Child, id: &str, want: usize) -> Vec<String> {
+        let needle = format!("\"container_id\":\"{id}\"");
+        let read = || {
+            let text = fs::read_to_string(self.dir.join("events.txt")).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains(&needle))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read().len() < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Anything beyond `want` would show up in this grace period.
+        std::thread::sleep(Duration::from_millis(200));
         let _ = watcher.kill();
         let _ = watcher.wait();
-        let text = fs::read_to_string(self.dir.join("events.txt")).unwrap();
-        let needle = format!("\"container_id\":\"{id}\"");
-        text.lines()
-            .filter(|l| l.contains(&needle))
-            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-            .map(String::from)
-            .collect()
+        read()
     }
 }
 
@@ -394,15 +403,13 @@ fn run_rm_captures_output_and_propagates_exit_codes() {
     let out = ctrd.run(&["--rm"], &c, &["echo", "hello"]);
     out.ok();
     assert_eq!(out.stdout, "hello\n", "{out:#?}");
-    assert_eq!(
-        ctrd.task_topics(watcher, &c),
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete"
-        ]
-    );
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
 
     let out = ctrd.run(
         &["--rm"],
@@ -476,6 +483,13 @@ fn exec_ps_metrics_pause_kill_and_delete() {
         metrics.stdout.contains("memory.usage_in_bytes"),
         "{metrics:#?}"
     );
+    let cpu: u64 = metrics
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("cpuacct.usage "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(cpu > 0, "no CPU usage: {metrics:#?}");
 
     ctrd.ctr(&["task", "pause", &c]).ok();
     assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
@@ -499,7 +513,7 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     want.extend(["/tasks/paused", "/tasks/resumed"]);
     want.extend(["/tasks/exec-added", "/tasks/exec-started"]);
     want.extend(["/tasks/exit", "/tasks/exit", "/tasks/delete"]);
-    assert_eq!(ctrd.task_topics(watcher, &c), want);
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
 }
 
 #[test]
@@ -555,26 +569,64 @@ fn vm_isolation_is_refused_with_a_clear_error() {
 
 #[test]
 fn terminal_gets_a_pty_sized_by_resize_pty() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     let ctrd = Containerd::start();
     let c = id("tty");
-    let sock = ctrd.dir.join("containerd.sock");
     let fifo = ctrd.dir.join("fifo");
-    // `script` gives ctr a terminal of 91x33; ctr forwards its size with ResizePty.
-    let inner = format!(
-        "stty cols 91 rows 33; ctr -a {} -n {} run --rm -t --runtime {RUNTIME} --annotation {NAMESPACE_MODE} --fifo-dir {} {IMAGE_NAME} {c} sh -c 'sleep 0.3; tty; stty size < /dev/tty; exit 4'",
-        sock.display(),
-        ctrd.namespace,
-        fifo.display()
+    // ctr runs on a 91x33 pty of ours and forwards that size with ResizePty.
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 91,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = fs::File::from(pty.slave);
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a")
+        .arg(ctrd.dir.join("containerd.sock"))
+        .args([
+            "-n",
+            &ctrd.namespace,
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNTIME,
+        ])
+        .args(["--annotation", NAMESPACE_MODE, "--fifo-dir"])
+        .arg(&fifo)
+        .args([IMAGE_NAME, c.as_str(), "sh", "-c"])
+        .arg("sleep 0.3; tty; stty size < /dev/tty; exit 4")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let mut child = cmd.spawn().expect("run ctr");
+    drop(cmd); // our copies of the slave: EIO on the master once ctr is gone
+    let mut master = fs::File::from(pty.master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        let _ = master.as_raw_fd();
+        let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+    });
+    let text = rx.recv_timeout(CTR_TIMEOUT).expect("ctr -t timed out");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
+    assert!(
+        text.contains("33 91"),
+        "size not forwarded: {text}\n{}",
+        ctrd.log()
     );
-    let out = Command::new("timeout")
-        .args(["60", "script", "-qec", &inner, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run script(1) (util-linux)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(4), "{text}");
-    assert!(text.contains("/dev/pts/"), "no pty: {text}");
-    assert!(text.contains("33 91"), "size not forwarded: {text}");
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
     assert_eq!(
         listed.ok().stdout.trim(),

@@ -2,6 +2,7 @@
 //! container's init (cgroup v1 or v2, whatever the host has), through cgroups-rs and the
 //! containerd-shim crate's conversions into containerd's metrics types.
 
+use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::Cgroup;
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup, update_resources};
@@ -22,7 +23,26 @@ pub fn stats(pid: i32) -> Result<Any> {
     let any = if cgroup.v2() {
         convert_to_any(Box::new(collect_metrics_v2(&cgroup)?))?
     } else {
-        convert_to_any(Box::new(collect_metrics(&cgroup)?))?
+        let mut metrics = collect_metrics(&cgroup)?;
+        // The crate's v1 collector parses only cgroup v2's cpu.stat keys: take CPU usage
+        // from cpuacct.
+        if let Some(acct) = cgroup.controller_of::<CpuAcctController>() {
+            let acct = acct.cpuacct();
+            let usage = metrics
+                .cpu
+                .mut_or_insert_default()
+                .usage
+                .mut_or_insert_default();
+            usage.total = acct.usage;
+            usage.kernel = acct.usage_sys;
+            usage.user = acct.usage_user;
+            usage.per_cpu = acct
+                .usage_percpu
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+        }
+        convert_to_any(Box::new(metrics))?
     };
     Ok(any)
 }

@@ -31,6 +31,8 @@ use crate::runtime::{Isolation, Runtime, RuntimeError};
 
 /// How long a terminal process may take to send its pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a terminal process's exit waits for its output to be copied out.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// How long an exit of a not-yet-known pid is remembered.
 const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
@@ -108,7 +110,19 @@ impl Inner {
         if let Some(process) = table.owners.remove(&pid) {
             drop(table);
             containerd_shim::debug!("{} exited with {code}", process.event_id());
-            process.set_exited(code, &self.events);
+            let output = process.lock().io.take_output_waiter();
+            match output {
+                // A terminal's last output is still in the pty: report the exit once it
+                // reached the client (bounded: a background process may hold the pty).
+                Some(done) => {
+                    let events = self.events.clone();
+                    thread::spawn(move || {
+                        let _ = done.recv_timeout(OUTPUT_DRAIN);
+                        process.set_exited(code, &events);
+                    });
+                }
+                None => process.set_exited(code, &self.events),
+            }
             return;
         }
         let now = Instant::now();

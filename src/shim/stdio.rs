@@ -12,13 +12,17 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use super::error::{Result, ShimError};
 use super::kvmbox_cli::ChildStdio;
+
+/// How long Create waits for the client to open the read end of an output FIFO.
+const READER_WAIT: Duration = Duration::from_secs(5);
 
 /// The stdio paths of one process, as in containerd's requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +46,8 @@ pub struct ProcessIo {
     console: Option<File>,
     /// Read ends of the output FIFOs, held so that writes never fail for lack of a reader.
     _keep_open: Vec<File>,
+    /// Disconnects once a terminal's output has been copied out (the pty reached EOF).
+    output_done: Option<mpsc::Receiver<()>>,
 }
 
 impl ProcessIo {
@@ -75,11 +81,14 @@ impl ProcessIo {
         };
         if let Some(out) = self.open_output(&paths.stdout)? {
             let mut from = clone(&master)?;
+            let (done, waiter) = mpsc::channel::<()>();
             thread::spawn(move || {
                 let mut out = out;
                 // EIO once every slave fd is closed: the process is gone.
                 let _ = std::io::copy(&mut from, &mut out);
+                drop(done);
             });
+            self.output_done = Some(waiter);
         }
         if !paths.stdin.is_empty() {
             *self.stdin.lock().unwrap() = Some(clone(&master)?);
@@ -87,6 +96,13 @@ impl ProcessIo {
         }
         self.console = Some(master);
         Ok(())
+    }
+
+    /// For a terminal process, what disconnects once all its output has been copied to the
+    /// client: its exit must be reported only then, or a client that stops reading at the
+    /// exit loses the tail of the output.
+    pub fn take_output_waiter(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.output_done.take()
     }
 
     /// Close the process's stdin (CloseIO): it reads EOF once buffered data is consumed.
@@ -149,23 +165,51 @@ impl ProcessIo {
                 .map_err(|e| ShimError::io("open stdio file", path, e))?;
             return Ok(Some(file));
         }
-        // A non-blocking read end never waits for a writer; with it open, the write end
-        // opens at once too.
-        let reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| ShimError::io("open stdio fifo", path, e))?;
-        let writer = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| ShimError::io("open stdio fifo", path, e))?;
+        // Wait (bounded) for the client's read end: a client that opens it only after the
+        // process's writes and exit would block in open() and lose the output. The write end
+        // then opens without waiting; the shim's own read end keeps writes from failing once
+        // the client goes away.
+        let deadline = Instant::now() + READER_WAIT;
+        let mut kept = false;
+        let writer = loop {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+            {
+                Ok(writer) => break writer,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    // No client reader: open our read end first so the write end can open.
+                    self._keep_open.push(open_reader(path)?);
+                    kept = true;
+                    break OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(path)
+                        .map_err(|e| ShimError::io("open stdio fifo", path, e))?;
+                }
+                Err(e) => return Err(ShimError::io("open stdio fifo", path, e)),
+            }
+        };
+        if !kept {
+            self._keep_open.push(open_reader(path)?);
+        }
         fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty()))
             .map_err(|e| ShimError::io("clear O_NONBLOCK on", path, e.into()))?;
-        self._keep_open.push(reader);
         Ok(Some(writer))
     }
+}
+
+/// A non-blocking read end of the FIFO at `path` (never waits for a writer).
+fn open_reader(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| ShimError::io("open stdio fifo", path, e))
 }
 
 /// Copy the stdin FIFO into `sink` until EOF, then close `sink`. Opening the FIFO waits for
@@ -201,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn output_fifo_opens_without_a_reader_and_delivers_data() {
+    fn output_fifo_delivers_data_to_the_client_reader() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("out");
         mkfifo(&fifo);
@@ -209,8 +253,14 @@ mod tests {
             stdout: fifo.to_string_lossy().into_owned(),
             ..Default::default()
         };
+        // The client's read end, as ctr opens it before Create.
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
         let (io, child) = ProcessIo::open(&paths).unwrap();
-        let mut reader = File::open(&fifo).unwrap();
+        fcntl(&reader, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
         let mut writer = File::from(child.stdout.unwrap());
         writer.write_all(b"hello").unwrap();
         drop(writer);
