@@ -2,10 +2,11 @@
 //! for stdin, stdout and stderr, or a terminal.
 //!
 //! Without a terminal the container process writes straight into the stdout/stderr FIFOs (the
-//! shim opens them and the process inherits them); the shim also holds a read end open so that
-//! a client going away (`ctr run -d`) never turns the process's writes into SIGPIPE. Stdin is a
-//! pipe the shim feeds from the stdin FIFO, so CloseIO can close it. With a terminal, the pty
-//! master arrives on a console socket and the shim copies between it and the FIFOs.
+//! shim opens them, once the client's read end is open, and the process inherits them); the
+//! shim also holds a read end open so that a client going away (`ctr run -d`) never turns the
+//! process's writes into SIGPIPE. Stdin is a pipe the shim feeds from the stdin FIFO, so CloseIO
+//! can close it. With a terminal, the pty master arrives on a console socket and the shim copies
+//! between it and the FIFOs; the process's exit is reported once its output is copied out.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -45,7 +46,7 @@ pub struct ProcessIo {
     /// The pty master of a terminal process.
     console: Option<File>,
     /// Read ends of the output FIFOs, held so that writes never fail for lack of a reader.
-    _keep_open: Vec<File>,
+    keep_open: Vec<File>,
     /// Disconnects once a terminal's output has been copied out (the pty reached EOF).
     output_done: Option<mpsc::Receiver<()>>,
 }
@@ -183,7 +184,7 @@ impl ProcessIo {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                     // No client reader: open our read end first so the write end can open.
-                    self._keep_open.push(open_reader(path)?);
+                    self.keep_open.push(open_reader(path)?);
                     kept = true;
                     break OpenOptions::new()
                         .write(true)
@@ -195,7 +196,7 @@ impl ProcessIo {
             }
         };
         if !kept {
-            self._keep_open.push(open_reader(path)?);
+            self.keep_open.push(open_reader(path)?);
         }
         fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty()))
             .map_err(|e| ShimError::io("clear O_NONBLOCK on", path, e.into()))?;
