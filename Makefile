@@ -49,7 +49,7 @@ demo: build
 
 ## test: every test tier (unit + end-to-end; the end-to-end suites need root)
 test:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy, warnings are errors
 lint:

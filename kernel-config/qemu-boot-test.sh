@@ -11,7 +11,10 @@
 #     --checks          init also checks cgroup2 controllers, /sys/bus/virtio,
 #                       the CPU count and /dev/port before powering off
 #     --runs N          boot N times (default 1)
-#     --timeout S       per boot (default 120)
+#     --timeout S       per boot (default 180)
+#     --cpu MODEL       QEMU -cpu (default host,-arch-capabilities: QEMU 7.2 with
+#                       plain "host" aborts here setting MSR 0x10a)
+#     --quiet-off       drop "quiet" (full kernel log with timestamps)
 #
 # Prints one line per boot: "boot N: ok, init line at X.XXs, exit after Y.YYs"
 # (or the failure) and the guest console into $KVMBOX_TEST_LOGDIR (default a
@@ -26,7 +29,9 @@ MEM=256
 FLAG=1
 CHECKS=0
 RUNS=1
-TIMEOUT=120
+TIMEOUT=180
+CPU=host,-arch-capabilities
+QUIET=quiet
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--kernel) KERNEL=$2; shift ;;
@@ -36,7 +41,9 @@ while [ $# -gt 0 ]; do
 	--checks) CHECKS=1 ;;
 	--runs) RUNS=$2; shift ;;
 	--timeout) TIMEOUT=$2; shift ;;
-	-h | --help) sed -n '2,20s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	--cpu) CPU=$2; shift ;;
+	--quiet-off) QUIET= ;;
+	-h | --help) sed -n '2,23s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) echo "qemu-boot-test: unknown argument '$1'" >&2; exit 2 ;;
 	esac
 	shift
@@ -83,7 +90,7 @@ if [ -c /dev/port ] && printf '\102' | dd of=/dev/port bs=1 seek=128 count=1 2>/
 else
 	echo "CHECK /dev/port write FAILED"
 fi
-grep -o -w -e smap -e smep -e xsave -e pcid -e popcnt -e cx16 /proc/cpuinfo | sort -u | tr '\n' ' ' | sed 's/^/CHECK cpu flags still set: /'; echo
+echo "CHECK cpu flags among smap smep xsave pcid popcnt cx16: $(grep -o -w -e smap -e smep -e xsave -e pcid -e popcnt -e cx16 /proc/cpuinfo | sort -u | tr '\n' ' ')(end)"
 echo "CHECK uname: $(cat /proc/version)"
 EOF
 	fi
@@ -92,8 +99,9 @@ EOF
 chmod +x "$ROOT/init"
 (cd "$ROOT" && find . | cpio -o -H newc --quiet) >"$LOGDIR/init.cpio"
 
-APPEND="console=ttyS0 rodata=off lpj=10000000 tsc=reliable no_timer_check quiet panic=-1"
-[ "$FLAG" = 1 ] && APPEND="console=ttyS0 kvmbox.emulated_cpu rodata=off lpj=10000000 tsc=reliable no_timer_check quiet panic=-1"
+FLAGARG=
+[ "$FLAG" = 0 ] || FLAGARG=kvmbox.emulated_cpu
+APPEND="console=ttyS0 $FLAGARG rodata=off lpj=10000000 tsc=reliable no_timer_check $QUIET panic=-1"
 
 failures=0
 for run in $(seq 1 "$RUNS"); do
@@ -101,7 +109,7 @@ for run in $(seq 1 "$RUNS"); do
 	start=$EPOCHREALTIME
 	line_at=
 	set +e
-	timeout "$TIMEOUT" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m "$MEM" -smp "$SMP" \
+	timeout "$TIMEOUT" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu "$CPU" -m "$MEM" -smp "$SMP" \
 		-nodefaults -no-user-config -nographic -serial stdio \
 		-kernel "$KERNEL" -initrd "$LOGDIR/init.cpio" -append "$APPEND" \
 		-device isa-debug-exit,iobase=0xf4,iosize=4 -no-reboot </dev/null 2>&1 |

@@ -104,13 +104,63 @@ fn kill_accepts_signal_numbers_and_short_names() {
     let bundle = h.bundle(&["sleep", "300"]);
     let id = started(&h, &bundle, "sig");
     // PID 1 of a pid namespace ignores TERM without a handler: STOP/CONT are delivered.
+    let pid = h.state(&id)["pid"].as_i64().unwrap() as i32;
     h.run(&["kill", &id, "STOP"]).ok();
+    wait_proc_state(pid, |s| s == "T", "stopped by SIGSTOP");
     h.run(&["kill", &id, "18"]).ok(); // SIGCONT
+    wait_proc_state(pid, |s| s != "T", "continued by signal 18");
     assert_eq!(h.state(&id)["status"], "running");
     h.run(&["kill", &id, "9"]).ok();
     h.wait_status(&id, "stopped");
     h.run(&["delete", &id]).ok();
     h.assert_no_leftovers(&id, &bundle);
+}
+
+/// Wait (up to 5 s) until the state letter in /proc/<pid>/stat satisfies `ok`.
+fn wait_proc_state(pid: i32, ok: impl Fn(&str) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        if ok(&state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not {what}: state {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_all_signals_every_process_of_the_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle.sh("sleep 300 & sleep 300 & wait");
+    let id = started(&h, &bundle, "killall");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pids: Vec<i32> = loop {
+        let out = h.run(&["ps", "--format", "json", &id]);
+        out.ok();
+        let pids: Vec<i32> = serde_json::from_str(&out.stdout).expect("ps json");
+        if pids.len() >= 3 {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "sleeps never started: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    h.run(&["kill", "--all", &id, "KILL"]).ok();
+    h.wait_status(&id, "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    for pid in pids {
+        assert!(common::is_zombie_or_gone(pid), "{pid} survived kill --all");
+    }
 }
 
 #[test]

@@ -471,3 +471,99 @@ fn virtio_queue_notify_goes_through_ioeventfd_and_the_event_loop() {
         "irqfd is consumed by KVM's irqfd"
     );
 }
+
+/// `mov eax, <reg>; shr eax, 8; out 0xf4, al`: powers off with bits 8..15 of the boot argument
+/// register (%esi = 0x7000 zero page, %ebx = 0x6000 PVH start info).
+fn report_arg_code(reg_is_ebx: bool) -> Vec<u8> {
+    let mov = if reg_is_ebx {
+        [0x89, 0xd8]
+    } else {
+        [0x89, 0xf0]
+    };
+    let mut c = mov.to_vec();
+    c.extend_from_slice(&[0xc1, 0xe8, 0x08, 0xe6, 0xf4, 0xf4]);
+    c
+}
+
+fn boot_synthetic(kernel: &[u8], initrd: Option<&[u8]>) -> VmExit {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kernel");
+    std::fs::write(&path, kernel).unwrap();
+    let mut cfg = VmConfig::new(&path);
+    cfg.serial = SerialOutput::Sink;
+    cfg.memory_mib = 64;
+    if let Some(data) = initrd {
+        let p = dir.path().join("initrd");
+        std::fs::write(&p, data).unwrap();
+        cfg.initrd = Some(p);
+    }
+    let machine = VmBuilder::new(cfg, BootTimer::new(Instant::now()))
+        .build()
+        .expect("build");
+    machine.run().expect("run").exit
+}
+
+/// A minimal ELF64 x86_64 image: one PT_LOAD of `code` at 1 MiB (file offset 0x1000), and
+/// optionally a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY pointing at `pvh_entry`.
+fn synthetic_elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+    let mut f = elf64_header(2, 62);
+    f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+    f[56..58].copy_from_slice(&phnum.to_le_bytes());
+    let mut load = vec![0u8; 56];
+    load[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    load[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    load[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_vaddr
+    load[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // p_paddr
+    load[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    load[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    f.extend_from_slice(&load);
+    let mut note = Vec::new();
+    if let Some(entry) = pvh_entry {
+        note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&entry.to_le_bytes());
+        let mut ph = vec![0u8; 56];
+        ph[0..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&0x800u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        f.extend_from_slice(&ph);
+    }
+    f.resize(0x800, 0);
+    f.extend_from_slice(&note);
+    f.resize(0x1000, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+#[test]
+fn elf_with_pvh_note_enters_in_32_bit_mode_with_start_info_in_ebx() {
+    let mut code = vec![0x90u8; 0x100];
+    code.extend_from_slice(&report_arg_code(true));
+    let exit = boot_synthetic(&synthetic_elf(&code, Some(0x10_0100)), Some(b"initrd"));
+    assert_eq!(exit, VmExit::PowerOff(0x60));
+}
+
+#[test]
+fn elf_without_pvh_note_enters_in_long_mode_with_boot_params_in_rsi() {
+    let exit = boot_synthetic(&synthetic_elf(&report_arg_code(false), None), None);
+    assert_eq!(exit, VmExit::PowerOff(0x70));
+}
+
+#[test]
+fn bzimage_enters_64_bit_code_at_load_plus_0x200() {
+    let mut f = vec![0u8; 1024]; // boot sector + one setup sector
+    f[0x1f1] = 1; // setup_sects
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    f[0x211] = 1; // LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    f[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    f.extend_from_slice(&[0x90u8; 0x200]); // 32-bit entry area (unused)
+    f.extend_from_slice(&report_arg_code(false));
+    let exit = boot_synthetic(&f, Some(b"initrd"));
+    assert_eq!(exit, VmExit::PowerOff(0x70));
+}

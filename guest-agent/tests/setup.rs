@@ -231,10 +231,14 @@ fn run(b: &Bundle) -> (Result<String, String>, String) {
     isolated(|| {
         let req = b.request(Some(&fifo));
         let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
-        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let released = container::release(&fifo, created.pid);
         let _ = fs::remove_file(&fifo);
+        if released.is_err() {
+            unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        }
         let st = wait_desc(created.pid);
         container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        released.map_err(|e| e.to_string())?;
         Ok(st)
     })
 }
@@ -626,19 +630,8 @@ fn terminal_master_is_sent_to_the_console_socket() {
     );
 }
 
-#[test]
-fn user_namespace_with_id_mappings() {
-    if !is_root() {
-        return;
-    }
-    let mut b = Bundle::new(
-        "userns",
-        &[
-            "sh",
-            "-c",
-            "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; hostname",
-        ],
-    );
+fn userns_bundle(tag: &str, args: &[&str]) -> Bundle {
+    let mut b = Bundle::new(tag, args);
     set_linux(&mut b, |l| {
         let mut ns = l.namespaces().clone().unwrap();
         ns.push(serde_json::from_str(r#"{"type": "user"}"#).unwrap());
@@ -652,7 +645,6 @@ fn user_namespace_with_id_mappings() {
         )
         .unwrap()]));
     });
-    // The rootfs belongs to the container's root.
     for entry in [
         "",
         "bin",
@@ -672,6 +664,63 @@ fn user_namespace_with_id_mappings() {
         )
         .unwrap();
     }
+    b
+}
+
+#[test]
+fn exec_into_a_user_namespace_container() {
+    if !is_root() {
+        return;
+    }
+    let b = userns_bundle("execuserns", &["sleep", "30"]);
+    let fifo = b.dir.path().join("exec.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (res, out) = isolated(|| {
+        let req = b.request(Some(&fifo));
+        let created = container::create(&req, &b.state()).map_err(|e| e.to_string())?;
+        container::release(&fifo, created.pid).map_err(|e| e.to_string())?;
+        let mut p = b.spec.process().clone().unwrap();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "id -u; cat /proc/self/uid_map; touch /dev/shm/f; stat -c %u /dev/shm/f".into(),
+        ]));
+        let ereq = ExecRequest {
+            container_pid: created.pid,
+            spec: &b.spec,
+            process: &p,
+            console_socket: None,
+            cgroup_path: b.cgroup_path(),
+            preserve_fds: 0,
+        };
+        let epid = container::exec(&ereq).map_err(|e| e.to_string())?;
+        let est = wait_desc(epid);
+        unsafe { libc::kill(created.pid, libc::SIGKILL) };
+        wait_desc(created.pid);
+        container::destroy_cgroup(&b.cgroup_path()).map_err(|e| e.to_string())?;
+        Ok(est)
+    });
+    assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines, vec!["0", "0 100000 65536", "0"], "output: {out}");
+}
+
+#[test]
+fn user_namespace_with_id_mappings() {
+    if !is_root() {
+        return;
+    }
+    let b = userns_bundle(
+        "userns",
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; hostname",
+        ],
+    );
     let (res, out) = run(&b);
     assert_eq!(res, Ok("exit 0".to_string()), "output: {out}");
     let lines: Vec<String> = out

@@ -209,7 +209,9 @@ pub fn run(opts: &BenchOptions) -> std::io::Result<BenchReport> {
             "microvm,acpi=off",
             "-enable-kvm",
             "-cpu",
-            "host",
+            // Plain `-cpu host` aborts on nested PVM: QEMU 7.2 fails to set
+            // MSR_IA32_ARCH_CAPABILITIES (0x10a) there.
+            "host,-arch-capabilities",
             "-m",
             &opts.memory_mib.to_string(),
             "-smp",

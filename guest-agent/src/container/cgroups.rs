@@ -1,5 +1,5 @@
 //! A small cgroupfs manager for the controllers kvmbox uses (memory, pids, cpu, cpuacct, cpuset,
-//! freezer, devices), on cgroup v1 (one hierarchy per controller under /sys/fs/cgroup/<ctrl>) and on the
+//! freezer, devices), on cgroup v1 (one hierarchy per controller under `/sys/fs/cgroup/<ctrl>`) and on the
 //! unified v2 hierarchy (/sys/fs/cgroup). Only the needed hierarchies are touched.
 
 use std::fs;
@@ -14,7 +14,7 @@ use super::error::{ContainerError, Result};
 /// Mount point of the cgroup filesystem(s).
 pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// v1 controllers kvmbox places containers in.
+/// v1 controllers kvmbox may place containers in (see [`wanted_v1_controllers`]).
 const V1_CONTROLLERS: &[&str] = &[
     "cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "devices",
 ];
@@ -113,7 +113,14 @@ impl Cgroup {
         resources: Option<&LinuxResources>,
         devices: &[LinuxDevice],
     ) -> Result<()> {
+        let rules = device_rules(resources, devices);
+        let wanted = wanted_v1_controllers(resources, !rules.is_empty());
         for (root, ctrls) in &self.hierarchies {
+            // v1: only the hierarchies this container needs (a mkdir, a migration and an rmdir
+            // each); memory and pids always, for accounting and `cgroup_pids`.
+            if self.layout == Layout::V1 && !ctrls.iter().any(|c| wanted.contains(&c.as_str())) {
+                continue;
+            }
             self.create_dirs(root, ctrls)?;
         }
         if let Some(res) = resources {
@@ -121,7 +128,7 @@ impl Cgroup {
         }
         if self.layout == Layout::V1 {
             if let Some(dir) = self.dir_of("devices") {
-                for (allow, rule) in device_rules(resources, devices) {
+                for (allow, rule) in rules {
                     let file = if allow {
                         "devices.allow"
                     } else {
@@ -280,10 +287,13 @@ impl Cgroup {
         self.write(&dir, file, value)
     }
 
-    /// Move process `pid` into the cgroup (every hierarchy).
+    /// Move process `pid` into the cgroup (every hierarchy where it exists).
     pub(crate) fn add(&self, pid: i32) -> Result<()> {
         let pid = pid.to_string();
         for (dir, _) in self.dirs() {
+            if self.layout == Layout::V1 && !dir.exists() {
+                continue;
+            }
             self.write(&dir, "cgroup.procs", &pid)?;
         }
         Ok(())
@@ -334,6 +344,32 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// The v1 controllers a container needs: memory and pids always; cpu and cpuacct with CPU
+/// bandwidth settings; cpuset with cpus/mems; devices with device rules.
+pub(crate) fn wanted_v1_controllers(
+    resources: Option<&LinuxResources>,
+    device_rules: bool,
+) -> Vec<&'static str> {
+    let mut out = vec!["memory", "pids"];
+    if let Some(cpu) = resources.and_then(|r| r.cpu().as_ref()) {
+        if cpu.shares().is_some_and(|v| v != 0)
+            || cpu.quota().is_some_and(|v| v != 0)
+            || cpu.period().is_some_and(|v| v != 0)
+        {
+            out.extend(["cpu", "cpuacct"]);
+        }
+        if cpu.cpus().as_deref().is_some_and(|c| !c.is_empty())
+            || cpu.mems().as_deref().is_some_and(|c| !c.is_empty())
+        {
+            out.push("cpuset");
+        }
+    }
+    if device_rules {
+        out.push("devices");
+    }
+    out
 }
 
 /// One v1 device rule line ("c 1:3 rwm").
@@ -521,6 +557,17 @@ mod tests {
         assert!(rules.contains(&(true, "c 1:3 rwm".to_string())));
         assert_eq!(rules.last().unwrap(), &(true, "c 10:229 rwm".to_string()));
         assert!(device_rules(None, &[]).is_empty());
+    }
+
+    #[test]
+    fn only_needed_v1_controllers_are_created() {
+        assert_eq!(wanted_v1_controllers(None, false), vec!["memory", "pids"]);
+        let res: LinuxResources =
+            serde_json::from_str(r#"{"cpu": {"shares": 512, "cpus": "0"}}"#).unwrap();
+        assert_eq!(
+            wanted_v1_controllers(Some(&res), true),
+            vec!["memory", "pids", "cpu", "cpuacct", "cpuset", "devices"]
+        );
     }
 
     #[test]

@@ -4,6 +4,17 @@
 //! into its new namespaces and cgroup; the init does the whole OCI setup, then blocks on the exec
 //! FIFO until `start` opens it, then execs the user process. [`exec`] starts another process in
 //! the namespaces and cgroup of a running container.
+//!
+//! Modules: `spawn` (parent side of create: clone, sync protocol, id maps, runtime hooks),
+//! `init` (the init's setup sequence), `exec`, `release` (exec FIFO), `sync` (parent/child
+//! messages), `namespaces`, `cgroups` (own small cgroupfs manager, v1 and v2), `rootfs`
+//! (propagation, mounts, pivot_root), `mount_options`, `secure_path` (resolution inside the
+//! rootfs), `devices`, `paths` (masked/readonly), `sysctl`, `process` (rlimits, user,
+//! capabilities, cwd, execve), `console` (pty + SCM_RIGHTS), `hooks`, `seccomp`.
+//!
+//! Not implemented (ignored): apparmorProfile, selinuxLabel, mountLabel, process.ioPriority,
+//! process.scheduler, execCPUAffinity, linux.personality, intelRdt, memoryPolicy, netDevices,
+//! timeOffsets, id-mapped mounts, and device rules on cgroup v2 (they need eBPF).
 
 mod cgroups;
 mod console;
@@ -53,7 +64,7 @@ pub struct CreateRequest<'a> {
     pub no_pivot: bool,
     /// Extra fds (3..3+n) that the container process inherits.
     pub preserve_fds: u32,
-    /// Cgroup path to use (absolute within the hierarchy, e.g. "/kvmbox/<id>"); the caller
+    /// Cgroup path to use (absolute within the hierarchy, e.g. `/kvmbox/<id>`); the caller
     /// resolves `linux.cgroupsPath` (or its default) into this.
     pub cgroup_path: String,
 }
@@ -68,7 +79,7 @@ pub struct Created {
 /// A process to start inside a running container (`exec`).
 #[derive(Debug, Clone)]
 pub struct ExecRequest<'a> {
-    /// PID (in the caller's namespace) of the container's init; its /proc/<pid>/ns/* are joined.
+    /// PID (in the caller's namespace) of the container's init; its `/proc/<pid>/ns/*` are joined.
     pub container_pid: i32,
     /// The container's spec (for namespaces, cgroup, defaults such as capabilities).
     pub spec: &'a Spec,
