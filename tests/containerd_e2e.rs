@@ -433,7 +433,9 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let ctrd = Containerd::start();
     let watcher = ctrd.watch_events();
     let c = id("long");
-    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
+    // A CPU share makes kvmbox give the container its own cpu,cpuacct cgroup (metrics below).
+    ctrd.run(&["-d", "--cpu-shares", "512"], &c, &["sleep", "1000"])
+        .ok();
     let (pid, status) = ctrd.task(&c).expect("task listed");
     assert_eq!(status, "RUNNING");
 

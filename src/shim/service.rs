@@ -509,7 +509,9 @@ impl Inner {
 
     fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
         let pid = self.running_init_pid(id)?;
-        cgroups::set_frozen(pid, paused)?;
+        let cgroup_path = self.runtime.state(id)?.record.cgroup_path;
+        let pids = self.runtime.ps(id)?;
+        cgroups::set_frozen(pid, &cgroup_path, &pids, paused)?;
         let c = self.container(id)?;
         let mut s = c.init.lock();
         if s.exit.is_none() {
