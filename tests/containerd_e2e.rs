@@ -323,10 +323,20 @@ impl Drop for Containerd {
         }
         // Shims of this containerd (their -address names our socket).
         for pid in pids_mentioning(&self.dir.join("containerd.sock").display().to_string()) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            // ... and the socket the killed shim leaves behind.
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if let Some(socket) = args
+                .windows(2)
+                .find(|w| w[0] == b"-socket")
+                .and_then(|w| std::str::from_utf8(w[1]).ok())
+            {
+                let _ = fs::remove_file(socket.trim_start_matches("unix://"));
+            }
         }
         let dir = self.dir.display().to_string();
         let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
@@ -339,8 +349,11 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        for c in CGROUP_CONTROLLERS {
-            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join(&self.namespace));
+        // The namespace's parent cgroup in every hierarchy (removable once empty).
+        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = fs::remove_dir(h.path().join(&self.namespace));
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
