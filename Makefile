@@ -5,7 +5,7 @@ RELEASE := target/release/kvmbox
 BENCH_RUNS ?= 20
 BENCH_OUT  ?= target/bench
 
-.PHONY: all build demo test lint fmt bench clean-demo
+.PHONY: all build demo test lint fmt bench bench-containerd clean-demo
 
 all: build
 
@@ -63,3 +63,7 @@ fmt:
 ## bench: kvmbox vs runc vs crun, `run` of /bin/true; writes $(BENCH_OUT)/results.md
 bench: build
 	$(RELEASE) --isolation namespace bench --runs $(BENCH_RUNS) --output $(BENCH_OUT)
+
+## bench-containerd: `ctr run --rm ... /bin/true` with the kvmbox shim vs the runc shim (needs containerd)
+bench-containerd:
+	$(CARGO) test --release --test containerd_e2e -- --ignored --nocapture bench_ctr_run_true

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod commands;
 pub mod logging;
 pub mod runtime;
+pub mod shim;
 pub mod vmm;

@@ -1,0 +1,139 @@
+//! Shim settings derived from the bundle and the environment containerd gives the shim.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, ShimError};
+
+/// OCI annotation choosing the isolation model of a container.
+pub const ISOLATION_ANNOTATION: &str = "io.kvmbox.isolation";
+/// Environment variable giving the isolation model when the annotation is absent.
+pub const ISOLATION_ENV: &str = "KVMBOX_ISOLATION";
+/// CRI annotation naming a container's pod sandbox (containers of one pod share a shim).
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Environment variable overriding where the shim keeps kvmbox's container state.
+pub const STATE_ROOT_ENV: &str = "KVMBOX_SHIM_ROOT";
+/// Default parent of the per-namespace kvmbox state roots.
+pub const DEFAULT_STATE_ROOT: &str = "/run/containerd/kvmbox";
+
+/// The annotations of `<bundle>/config.json` (empty if it has none).
+pub fn bundle_annotations(bundle: &Path) -> Result<HashMap<String, String>> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ShimError::io("read", &path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ShimError::InvalidArgument(format!("{}: {e}", path.display())))?;
+    Ok(value
+        .get("annotations")
+        .and_then(|a| a.as_object())
+        .map(|a| {
+            a.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Check that container `id` may run: `io.kvmbox.isolation` (else `$KVMBOX_ISOLATION`, else
+/// `vm`) must be `namespace`, the only model this shim runs so far.
+pub fn check_isolation(
+    id: &str,
+    annotations: &HashMap<String, String>,
+    env: Option<&str>,
+) -> Result<()> {
+    let (value, source) = match annotations.get(ISOLATION_ANNOTATION) {
+        Some(v) => (v.as_str(), format!("annotation {ISOLATION_ANNOTATION}")),
+        None => match env {
+            Some(v) => (v, format!("${ISOLATION_ENV}")),
+            None => ("vm", "the default".to_string()),
+        },
+    };
+    match value {
+        "namespace" => Ok(()),
+        "vm" => Err(ShimError::Unimplemented(format!(
+            "container {id}: isolation vm ({source}) is not built yet in the kvmbox shim; \
+             set the annotation {ISOLATION_ANNOTATION}=namespace"
+        ))),
+        other => Err(ShimError::InvalidArgument(format!(
+            "container {id}: {source}: unknown isolation {other:?} (want vm or namespace)"
+        ))),
+    }
+}
+
+/// The id grouping containers into one shim: the pod sandbox id, else the container id.
+pub fn grouping(id: &str, annotations: &HashMap<String, String>) -> String {
+    annotations
+        .get(SANDBOX_ID_ANNOTATION)
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Where the shim keeps kvmbox's state for containerd namespace `namespace`.
+pub fn state_root(namespace: &str) -> PathBuf {
+    let base = std::env::var_os(STATE_ROOT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT));
+    base.join(namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn isolation_comes_from_annotation_then_env_then_vm() {
+        assert!(check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "namespace")]), None).is_ok());
+        assert!(check_isolation("c1", &ann(&[]), Some("namespace")).is_ok());
+        let err = check_isolation("c1", &ann(&[]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("isolation vm (the default) is not built yet"),
+            "{err}"
+        );
+        let err = check_isolation(
+            "c1",
+            &ann(&[(ISOLATION_ANNOTATION, "vm")]),
+            Some("namespace"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("annotation io.kvmbox.isolation"), "{err}");
+        let err = check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "kvm")]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown isolation \"kvm\""), "{err}");
+    }
+
+    #[test]
+    fn pods_group_by_sandbox_id() {
+        assert_eq!(grouping("c1", &ann(&[])), "c1");
+        assert_eq!(
+            grouping("c1", &ann(&[(SANDBOX_ID_ANNOTATION, "pod1")])),
+            "pod1"
+        );
+    }
+
+    #[test]
+    fn annotations_are_read_from_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"io.kvmbox.isolation":"namespace"}}"#,
+        )
+        .unwrap();
+        let a = bundle_annotations(dir.path()).unwrap();
+        assert_eq!(
+            a.get(ISOLATION_ANNOTATION).map(String::as_str),
+            Some("namespace")
+        );
+        assert!(bundle_annotations(Path::new("/nonexistent")).is_err());
+    }
+}

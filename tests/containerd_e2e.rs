@@ -1,0 +1,758 @@
+//! containerd end-to-end tests for `containerd-shim-kvmbox-v2`: a private containerd (Debian's
+//! containerd 1.6 package, `apt-get install containerd`) started from a temp dir with the built
+//! shim and kvmbox on its PATH, a locally built busybox image imported with `ctr image import`,
+//! and `ctr` driving containers in namespace mode. Needs root.
+
+#[path = "common/image.rs"]
+mod image;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use image::{build_busybox_image, IMAGE_NAME};
+
+const RUNTIME: &str = "io.containerd.kvmbox.v2";
+const NAMESPACE_MODE: &str = "io.kvmbox.isolation=namespace";
+const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacct", "freezer"];
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// What one `ctr` invocation did.
+#[derive(Debug)]
+struct Outcome {
+    command: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn ok(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "{} failed: {self:#?}", self.command);
+        self
+    }
+}
+
+/// A private containerd in a temp dir; stopped and everything it left removed on drop.
+struct Containerd {
+    dir: PathBuf,
+    namespace: String,
+    child: Option<Child>,
+}
+
+fn require_tools() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "containerd_e2e needs root (it runs containerd and real containers)"
+    );
+    for tool in ["containerd", "ctr"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
+        assert!(
+            found,
+            "`{tool}` not found in PATH: install Debian's containerd package (apt-get install -y containerd)"
+        );
+    }
+}
+
+fn shim_dir() -> PathBuf {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kvmbox-v2"));
+    let kvmbox = Path::new(env!("CARGO_BIN_EXE_kvmbox"));
+    assert_eq!(
+        shim.parent(),
+        kvmbox.parent(),
+        "shim and kvmbox side by side"
+    );
+    shim.parent().unwrap().to_path_buf()
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        require_tools();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/kvmbox-ctrd-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut me = Containerd {
+            namespace: format!("kvmbox-e2e-{}-{n}", std::process::id()),
+            dir,
+            child: None,
+        };
+        let t = me.dir.display().to_string();
+        let config = format!(
+            r#"version = 2
+root = "{t}/root"
+state = "{t}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{t}/containerd.sock"
+[ttrpc]
+  address = "{t}/containerd.sock.ttrpc"
+[debug]
+  address = "{t}/debug.sock"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{t}/opt"
+"#
+        );
+        fs::write(me.dir.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = fs::File::create(me.dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(me.dir.join("config.toml"))
+            .env("PATH", path)
+            .env("KVMBOX_SHIM_ROOT", me.dir.join("kvmbox"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        me.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while me.ctr(&["version"]).code != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up; log:\n{}",
+                me.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let tar = build_busybox_image(&me.dir);
+        me.ctr(&["image", "import", tar.to_str().unwrap()]).ok();
+        me
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Run `ctr` against this containerd, with a timeout.
+    fn ctr(&self, args: &[&str]) -> Outcome {
+        self.ctr_input(args, None)
+    }
+
+    /// Run `ctr` with `input` (if any) on its stdin, which it forwards to the process.
+    fn ctr_input(&self, args: &[&str], input: Option<&[u8]>) -> Outcome {
+        let sock = self.dir.join("containerd.sock");
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(&sock)
+            .args(["-n", &self.namespace])
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command = format!("ctr {}", args.join(" "));
+        let mut child = cmd.spawn().expect("run ctr");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            stdin.write_all(input).expect("write ctr stdin");
+        }
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(CTR_TIMEOUT) {
+            Ok(out) => out.expect("wait for ctr"),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("{command} timed out; containerd log:\n{}", self.log());
+            }
+        };
+        Outcome {
+            command,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `ctr run` with the kvmbox runtime in namespace mode.
+    fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
+        let fifo = self.dir.join("fifo");
+        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", NAMESPACE_MODE];
+        args.extend_from_slice(&["--fifo-dir", fifo.to_str().unwrap()]);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE_NAME, id]);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// The task's (pid, status) from `ctr task ls`, if listed.
+    fn task(&self, id: &str) -> Option<(i32, String)> {
+        let out = self.ctr(&["task", "ls"]);
+        out.ok();
+        out.stdout.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| (cols[1].parse().unwrap_or(0), cols[2].to_string()))
+        })
+    }
+
+    /// Wait until `ctr task ls` shows `id` with `status` (or without it for `None`).
+    fn wait_task(&self, id: &str, status: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.task(id);
+            if now.as_ref().map(|(_, s)| s.as_str()) == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id}: want {status:?}, have {now:?}; containerd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Nothing of container `id` is left (within 10 s: containerd cleans up after a dead
+    /// shim asynchronously): no cgroup, no kvmbox state, no rootfs mount, no live process.
+    fn assert_no_leftovers(&self, id: &str, pid: i32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.leftovers(id);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "leftovers of {id}: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(pid > 0);
+        assert!(gone(pid), "process {pid} of {id} is still alive");
+    }
+
+    fn leftovers(&self, id: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        for c in CGROUP_CONTROLLERS {
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&self.namespace)
+                .join(id);
+            if dir.exists() {
+                left.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        let state = self.dir.join("kvmbox").join(&self.namespace).join(id);
+        if state.exists() {
+            left.push(format!("kvmbox state {}", state.display()));
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))) {
+            left.push("rootfs mount".into());
+        }
+        left
+    }
+}
+
+/// True once `pid` is gone or a zombie (PID 1 here reaps orphans only every ~2 s).
+fn gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) => {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                if state.starts_with('Z') || state.starts_with('X') {
+                    return true;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers left by a failed test: kvmbox kills and removes them.
+        let root = self.dir.join("kvmbox").join(&self.namespace);
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let _ = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        // Shims of this containerd (their -address names our socket).
+        for pid in pids_mentioning(&self.dir.join("containerd.sock").display().to_string()) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // ... and the socket the killed shim leaves behind.
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if let Some(socket) = args
+                .windows(2)
+                .find(|w| w[0] == b"-socket")
+                .and_then(|w| std::str::from_utf8(w[1]).ok())
+            {
+                let _ = fs::remove_file(socket.trim_start_matches("unix://"));
+            }
+        }
+        let dir = self.dir.display().to_string();
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m == &dir || m.starts_with(&format!("{dir}/")))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The namespace's parent cgroup in every hierarchy (removable once empty).
+        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = fs::remove_dir(h.path().join(&self.namespace));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Containerd {
+    /// Start `ctr events`, writing to `<dir>/events.txt`.
+    fn watch_events(&self) -> Child {
+        let out = fs::File::create(self.dir.join("events.txt")).unwrap();
+        let child = Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", &self.namespace, "events"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    }
+
+    /// The /tasks/* topics `ctr events` saw for container `id`, in order, once it saw `want`
+    /// of them (or after 10 s: events reach `ctr events` asynchronously).
+    fn task_topics(&self, mut watcher: Child, id: &str, want: usize) -> Vec<String> {
+        let needle = format!("\"container_id\":\"{id}\"");
+        let read = || {
+            let text = fs::read_to_string(self.dir.join("events.txt")).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains(&needle))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read().len() < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Anything beyond `want` would show up in this grace period.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+        read()
+    }
+}
+
+#[test]
+fn run_rm_captures_output_and_propagates_exit_codes() {
+    let ctrd = Containerd::start();
+    let watcher = ctrd.watch_events();
+    let c = id("echo");
+    let out = ctrd.run(&["--rm"], &c, &["echo", "hello"]);
+    out.ok();
+    assert_eq!(out.stdout, "hello\n", "{out:#?}");
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
+
+    let out = ctrd.run(
+        &["--rm"],
+        &id("exit7"),
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"],
+    );
+    assert_eq!(out.code, Some(7), "{out:#?}");
+    assert_eq!(out.stdout, "to-stdout\n", "{out:#?}");
+    assert!(out.stderr.contains("to-stderr"), "{out:#?}");
+
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
+}
+
+#[test]
+fn exec_ps_metrics_pause_kill_and_delete() {
+    let ctrd = Containerd::start();
+    let watcher = ctrd.watch_events();
+    let c = id("long");
+    // A CPU share makes kvmbox give the container its own cpu,cpuacct cgroup (metrics below).
+    ctrd.run(&["-d", "--cpu-shares", "512"], &c, &["sleep", "1000"])
+        .ok();
+    let (pid, status) = ctrd.task(&c).expect("task listed");
+    assert_eq!(status, "RUNNING");
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &c,
+        "sh",
+        "-c",
+        "echo in-exec; exit 3",
+    ]);
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    assert_eq!(out.stdout, "in-exec\n", "{out:#?}");
+
+    // Stdin reaches the process; EOF on ctr's stdin closes it (CloseIO).
+    let out = ctrd.ctr_input(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            &c,
+            "sh",
+            "-c",
+            "cat; echo end",
+        ],
+        Some(b"piped-data\n"),
+    );
+    out.ok();
+    assert_eq!(out.stdout, "piped-data\nend\n", "{out:#?}");
+
+    let ps = ctrd.ctr(&["task", "ps", &c]);
+    ps.ok();
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
+        "init {pid} not in ps: {ps:#?}"
+    );
+
+    let metrics = ctrd.ctr(&["task", "metrics", &c]);
+    metrics.ok();
+    assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
+    assert!(
+        metrics.stdout.contains("memory.usage_in_bytes"),
+        "{metrics:#?}"
+    );
+    let cpu: u64 = metrics
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("cpuacct.usage "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(cpu > 0, "no CPU usage: {metrics:#?}");
+
+    ctrd.ctr(&["task", "pause", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
+    ctrd.ctr(&["task", "resume", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "RUNNING");
+
+    // --all signals every process in the container's cgroup (an exec'd sleep included).
+    ctrd.ctr(&["task", "exec", "-d", "--exec-id", "bg", &c, "sleep", "1000"])
+        .ok();
+    ctrd.ctr(&["task", "kill", "--all", "--signal", "SIGKILL", &c])
+        .ok();
+    ctrd.wait_task(&c, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &c]).ok();
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.wait_task(&c, None);
+    ctrd.assert_no_leftovers(&c, pid);
+    let exec = ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"];
+    let mut want = vec!["/tasks/create", "/tasks/start"];
+    want.extend(exec);
+    want.extend(exec);
+    want.extend(["/tasks/paused", "/tasks/resumed"]);
+    want.extend(["/tasks/exec-added", "/tasks/exec-started"]);
+    want.extend(["/tasks/exit", "/tasks/exit", "/tasks/delete"]);
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
+}
+
+#[test]
+fn containerd_recovers_when_the_shim_is_killed() {
+    let ctrd = Containerd::start();
+    let c = id("orphan");
+    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
+    let (pid, _) = ctrd.task(&c).expect("task listed");
+    let shims = shims_for(&c);
+    assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices the dead shim, runs `shim delete` and drops the task.
+    ctrd.wait_task(&c, None);
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.assert_no_leftovers(&c, pid);
+}
+
+#[test]
+fn vm_isolation_is_refused_with_a_clear_error() {
+    let ctrd = Containerd::start();
+    let c = id("vm");
+    let fifo = ctrd.dir.join("fifo");
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        IMAGE_NAME,
+        &c,
+        "true",
+    ]);
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("isolation vm (the default) is not built yet"),
+        "{out:#?}"
+    );
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
+    let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
+    assert!(!state.exists(), "leftover kvmbox state");
+}
+
+#[test]
+fn terminal_gets_a_pty_sized_by_resize_pty() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let ctrd = Containerd::start();
+    let c = id("tty");
+    let fifo = ctrd.dir.join("fifo");
+    // ctr runs on a 91x33 pty of ours and forwards that size with ResizePty.
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 91,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = fs::File::from(pty.slave);
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a")
+        .arg(ctrd.dir.join("containerd.sock"))
+        .args([
+            "-n",
+            &ctrd.namespace,
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNTIME,
+        ])
+        .args(["--annotation", NAMESPACE_MODE, "--fifo-dir"])
+        .arg(&fifo)
+        .args([IMAGE_NAME, c.as_str(), "sh", "-c"])
+        .arg("sleep 0.3; tty; stty size < /dev/tty; exit 4")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let mut child = cmd.spawn().expect("run ctr");
+    drop(cmd); // our copies of the slave: EIO on the master once ctr is gone
+    let mut master = fs::File::from(pty.master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        let _ = master.as_raw_fd();
+        let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+    });
+    let text = rx.recv_timeout(CTR_TIMEOUT).expect("ctr -t timed out");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
+    assert!(
+        text.contains("33 91"),
+        "size not forwarded: {text}\n{}",
+        ctrd.log()
+    );
+    let listed = ctrd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "",
+        "--rm left containers: {listed:#?}"
+    );
+}
+
+/// containerd-shim processes whose command line carries `-id <id>`.
+fn shims_for(id: &str) -> Vec<i32> {
+    pids_mentioning(&format!("-id\0{id}\0"))
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
+        })
+        .collect()
+}
+
+#[test]
+fn containers_of_one_pod_share_one_shim() {
+    let ctrd = Containerd::start();
+    let pod = format!("io.kubernetes.cri.sandbox-id={}", id("pod"));
+    let (a, b) = (id("pod-a"), id("pod-b"));
+    for c in [&a, &b] {
+        ctrd.run(&["-d", "--annotation", &pod], c, &["sleep", "1000"])
+            .ok();
+    }
+    let shims = shims_for(&a);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    assert!(
+        shims_for(&b).is_empty(),
+        "the second container got its own shim"
+    );
+    let (pid_a, _) = ctrd.task(&a).expect("a listed");
+    let (pid_b, _) = ctrd.task(&b).expect("b listed");
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &a]).ok();
+    ctrd.wait_task(&a, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &a]).ok();
+    ctrd.ctr(&["container", "rm", &a]).ok();
+    ctrd.assert_no_leftovers(&a, pid_a);
+    // The shim serves the other container on.
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", &b, "echo", "still here"]);
+    assert_eq!(out.ok().stdout, "still here\n");
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &b]).ok();
+    ctrd.wait_task(&b, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &b]).ok();
+    ctrd.ctr(&["container", "rm", &b]).ok();
+    ctrd.assert_no_leftovers(&b, pid_b);
+    assert!(gone(shims[0]), "the pod's shim outlived its last container");
+}
+
+/// min / median / max of `samples` in milliseconds.
+fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = samples.len();
+    let median = if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    };
+    (samples[0], median, samples[n - 1])
+}
+
+/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim
+/// (namespace mode) and with containerd's runc shim, side by side. Run it with
+/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs per runtime.
+#[test]
+#[ignore = "benchmark: make bench-containerd"]
+fn bench_ctr_run_true() {
+    let runs: usize = std::env::var("KVMBOX_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let ctrd = Containerd::start();
+    let fifo = ctrd.dir.join("fifo");
+    let fifo = fifo.to_str().unwrap();
+    let runtimes: [(&str, Vec<&str>); 2] = [
+        (
+            "kvmbox shim (namespace)",
+            vec!["--runtime", RUNTIME, "--annotation", NAMESPACE_MODE],
+        ),
+        ("runc shim", vec!["--runtime", "io.containerd.runc.v2"]),
+    ];
+    let mut rows = Vec::new();
+    for (name, flags) in &runtimes {
+        let mut samples = Vec::new();
+        for i in 0..=runs {
+            let c = id("bench");
+            let mut args = vec!["run", "--rm", "--fifo-dir", fifo];
+            args.extend(flags);
+            args.extend([IMAGE_NAME, c.as_str(), "/bin/true"]);
+            let started = Instant::now();
+            ctrd.ctr(&args).ok();
+            if i > 0 {
+                // The first run warms caches.
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        rows.push((*name, summary(&mut samples)));
+    }
+    println!("\n`ctr run --rm IMAGE ID /bin/true`, {runs} runs each (ms):");
+    println!("| runtime | min | median | max |\n|---|---|---|---|");
+    for (name, (min, median, max)) in &rows {
+        println!("| {name} | {min:.1} | {median:.1} | {max:.1} |");
+    }
+    println!(
+        "median ratio kvmbox/runc: {:.2}",
+        rows[0].1 .1 / rows[1].1 .1
+    );
+    println!("(kvmbox VM mode: not built yet)");
+}
