@@ -1,0 +1,1 @@
+//! Device-level tests on mock guest memory and queues.
