@@ -33,7 +33,12 @@ pub enum ListFormat {
 #[command(name = "kvmbox", version, about, propagate_version = true)]
 pub struct Cli {
     /// Directory holding container state.
-    #[arg(long, global = true, default_value = "/run/kvmbox", env = "KVMBOX_ROOT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/kvmbox",
+        env = "KVMBOX_ROOT"
+    )]
     pub root: PathBuf,
     /// Write logs to this file instead of stderr.
     #[arg(long, global = true)]
@@ -45,7 +50,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub debug: bool,
     /// Isolation model for new containers (existing containers keep the one they were created with).
-    #[arg(long, global = true, value_enum, default_value = "vm", env = "KVMBOX_ISOLATION")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "vm",
+        env = "KVMBOX_ISOLATION"
+    )]
     pub isolation: Isolation,
     /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
