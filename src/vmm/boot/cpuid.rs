@@ -82,6 +82,16 @@ pub fn patch_topology(cpuid: &mut CpuId, id: u8, count: u8) {
                 // Cores per package - 1 in EAX[31:26]; one thread per cache.
                 e.eax = (e.eax & 0x03ff_c3ff) | ((u32::from(count) - 1) << 26);
             }
+            // AMD: number of cores and APIC id size.
+            0x8000_0008 => {
+                e.ecx = (e.ecx & !0xf0ff) | (u32::from(count) - 1) | (cores_bits.max(1) << 12);
+            }
+            // AMD: extended APIC id, one thread per compute unit, one node.
+            0x8000_001e => {
+                e.eax = u32::from(id);
+                e.ebx = u32::from(id) & 0xff;
+                e.ecx = 0;
+            }
             0xb => {
                 e.edx = u32::from(id);
                 match e.index {
@@ -130,6 +140,11 @@ mod tests {
                 index: 1,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: 0x8000_001e,
+                ecx: 0x0102,
+                ..Default::default()
+            },
         ];
         CpuId::from_entries(&entries).unwrap()
     }
@@ -156,5 +171,6 @@ mod tests {
         assert_eq!((s[0].ebx >> 16) & 0xff, 4);
         assert_eq!(s[0].ebx & 0xffff, 0x1234);
         assert_eq!((s[2].edx, s[2].ebx, s[2].eax), (3, 4, 2));
+        assert_eq!((s[3].eax, s[3].ecx), (3, 0));
     }
 }
