@@ -277,6 +277,18 @@ impl Driver {
     }
 }
 
+/// The backend fd the event loop polls is not readable: an idle device cannot make the
+/// VMM's event loop spin.
+fn assert_idle(d: &Driver) {
+    use std::os::fd::BorrowedFd;
+    let fd = d.dev.backend_fd().unwrap();
+    // SAFETY: the device owns the fd for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap();
+    assert_eq!(n, 0, "backend fd readable while idle");
+}
+
 fn read_line(s: &mut UnixStream) -> String {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -375,6 +387,8 @@ fn host_to_guest_connect_data_and_close() {
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
     assert_eq!(d.dev.connection_count(), 0);
+    d.dev.process_backend();
+    assert_idle(&d);
 }
 
 #[test]
@@ -439,6 +453,9 @@ fn guest_to_host_connect_to_listener_and_data_both_ways() {
     let got = d.recv_n(1);
     assert_eq!(got[0].0.op, OP_RW);
     assert_eq!(got[0].1, b"hello guest\n");
+    // An open but quiet stream leaves the backend idle.
+    d.dev.process_backend();
+    assert_idle(&d);
 
     // Guest RST: the host socket is closed, no reply.
     d.send(hdr(OP_RST, 5000, 1025), &[]);
@@ -448,6 +465,32 @@ fn guest_to_host_connect_to_listener_and_data_both_ways() {
     assert_eq!(d.dev.connection_count(), 0);
     d.dev.process_backend();
     assert!(d.recv().is_empty());
+}
+
+#[test]
+fn host_hangup_without_rx_buffers_waits_without_spinning() {
+    let mut d = Driver::new();
+    let listener = UnixListener::bind(format!("{}_13", d.uds.display())).unwrap();
+    d.give_rx(1);
+    d.send(hdr(OP_REQUEST, 8, 13), &[]);
+    assert_eq!(d.recv_n(1)[0].0.op, OP_RESPONSE);
+    let (mut s, _) = listener.accept().unwrap();
+    s.write_all(b"x").unwrap();
+    drop(s);
+    // No rx buffers: the readable, hung-up socket is parked, not polled.
+    for _ in 0..3 {
+        d.dev.process_backend();
+        assert_idle(&d);
+    }
+    d.give_rx(2);
+    let got = d.recv_n(2);
+    assert_eq!((got[0].0.op, got[0].1.as_slice()), (OP_RW, &b"x"[..]));
+    assert_eq!(
+        (got[1].0.op, got[1].0.flags),
+        (OP_SHUTDOWN, SHUTDOWN_F_SEND)
+    );
+    d.dev.process_backend();
+    assert_idle(&d);
 }
 
 #[test]
