@@ -61,7 +61,7 @@ pub struct Cli {
     /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility.
+    /// Accepted for runc compatibility; with `spec`, generates a rootless spec.
     #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     #[command(subcommand)]
@@ -244,9 +244,7 @@ pub struct SpecArgs {
     /// Directory to write config.json into.
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Generate a spec for a rootless container (user namespace, no cgroups).
-    #[arg(long = "rootless")]
-    pub rootless_spec: bool,
+    // `--rootless` (global) selects a rootless spec: a local flag of the same name would clash.
 }
 
 /// Output format of `bench`.
@@ -265,7 +263,7 @@ pub struct BenchArgs {
     /// Output format (json goes to stdout for machines).
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
-    /// Directory for the SVG chart and the markdown table.
+    /// Directory to write the markdown results table (results.md) into.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Skip peers (runc, crun) even when installed.
