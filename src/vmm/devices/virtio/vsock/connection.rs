@@ -1,9 +1,10 @@
 //! One vsock stream proxied to a host Unix socket: its state, credit accounting and the bounded
 //! buffer of guest data the host has not read yet.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::num::Wrapping;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 /// Bytes of guest data a connection buffers for a slow host reader; advertised to the guest as
@@ -213,14 +214,21 @@ impl Connection {
     }
 }
 
-/// Write without blocking: `Ok(0)` when the socket is full.
+/// Write without blocking: `Ok(0)` when the socket is full. MSG_NOSIGNAL: a host program that
+/// went away yields EPIPE, never a SIGPIPE for the VMM.
 fn write_nonblocking(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{send, MsgFlags};
     loop {
-        match stream.write(data) {
+        match send(
+            stream.as_raw_fd(),
+            data,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) => return Err(e),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(io::Error::from(e)),
         }
     }
 }
