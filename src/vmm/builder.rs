@@ -19,6 +19,7 @@ use super::devices::i8042::I8042;
 use super::devices::poweroff::{DebugExit, Pm1aControl};
 use super::devices::serial::{EventFdTrigger, SerialDevice, SerialWriter};
 use super::devices::virtio::mmio::{regs, MmioTransport};
+use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
 use super::error::{Result, VmmError};
 use super::event_loop::EventLoop;
@@ -84,7 +85,12 @@ impl VmBuilder {
     }
 
     /// Create the VM, load the kernel, wire the devices and configure the vCPUs.
-    pub fn build(self) -> Result<Machine> {
+    pub fn build(mut self) -> Result<Machine> {
+        if let Some(vsock) = &self.config.vsock {
+            let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)
+                .map_err(|e| dev_err("virtio-vsock", e))?;
+            self.virtio.push(Box::new(device));
+        }
         let cfg = &self.config;
         cfg.validate().map_err(VmmError::Config)?;
         if self.virtio.len() > (layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1) as usize {

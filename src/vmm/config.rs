@@ -74,6 +74,16 @@ pub enum SerialOutput {
     Sink,
 }
 
+/// A virtio-vsock device with the hybrid Unix-socket backend (see docs/devices.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (>= 3).
+    pub guest_cid: u64,
+    /// Host programs connect here (`CONNECT <port>\n`); guest connections to host port P go to
+    /// `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
 /// Everything needed to build one microVM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -93,6 +103,8 @@ pub struct VmConfig {
     pub serial_input: bool,
     /// Guest CPU profile.
     pub cpu_profile: CpuProfile,
+    /// Optional virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -107,6 +119,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             serial_input: false,
             cpu_profile: CpuProfile::Host,
+            vsock: None,
         }
     }
 

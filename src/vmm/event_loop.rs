@@ -64,15 +64,22 @@ impl MutEventSubscriber for SerialInput {
     }
 }
 
-/// Dispatches a virtio-mmio device's queue ioeventfds.
+/// Event data marking a device backend's fd (queue ioeventfds use their queue index).
+const BACKEND_EVENT: u32 = u32::MAX;
+
+/// Dispatches a virtio-mmio device's queue ioeventfds and its backend fd.
 struct VirtioNotifier {
     transport: Arc<Mutex<MmioTransport>>,
 }
 
 impl MutEventSubscriber for VirtioNotifier {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
         let mut t = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if events.data() == BACKEND_EVENT {
+            t.backend_ready();
+            return;
+        }
+        let index = events.data() as usize;
         if let Some(evt) = t.queue_events().get(index) {
             let _ = evt.read();
         }
@@ -88,6 +95,11 @@ impl MutEventSubscriber for VirtioNotifier {
                 EventSet::IN,
             )) {
                 tracing::error!("event loop: cannot watch virtio queue {i}: {e}");
+            }
+        }
+        if let Some(fd) = t.backend_fd() {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT, EventSet::IN)) {
+                tracing::error!("event loop: cannot watch virtio backend fd: {e}");
             }
         }
     }

@@ -55,6 +55,7 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         },
         serial_input: true,
         cpu_profile: choice.profile,
+        vsock: None,
     };
     let serial_where = match &args.serial_log {
         Some(p) => p.display().to_string(),

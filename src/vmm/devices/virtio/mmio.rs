@@ -172,6 +172,16 @@ impl MmioTransport {
         }
     }
 
+    /// The device backend's pollable fd, if it has one (see [`VirtioDevice::backend_fd`]).
+    pub fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// The backend fd became readable: let the device serve it.
+    pub fn backend_ready(&mut self) {
+        self.device.process_backend();
+    }
+
     fn all_features(&self) -> u64 {
         self.device.device_features() | VIRTIO_F_VERSION_1
     }

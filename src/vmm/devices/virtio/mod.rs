@@ -1,7 +1,9 @@
 //! virtio: the device trait shared by all virtio devices, the interrupt, and the MMIO transport.
 
 pub mod mmio;
+pub mod vsock;
 
+use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::Queue;
@@ -92,4 +94,11 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize);
     /// The driver reset the device; drop the queues and return to the initial state.
     fn reset(&mut self) {}
+    /// A pollable fd of the device's host-side backend (e.g. an epoll fd over its sockets) that
+    /// the event loop watches for readability; `None` (the default) when there is none.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// [`backend_fd`](Self::backend_fd) became readable: serve the backend without blocking.
+    fn process_backend(&mut self) {}
 }
