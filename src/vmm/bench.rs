@@ -22,7 +22,7 @@ pub fn marker_initramfs(busybox: &Path, marker: &str) -> std::io::Result<Initram
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
          echo {marker}\n\
-         /bin/busybox printf '\\173' | /bin/busybox dd of=/dev/port bs=1 seek=1008 conv=notrunc 2>/dev/null\n\
+         /bin/busybox printf '\\173' | /bin/busybox dd of=/dev/port bs=1 seek=1008 conv=notrunc\n\
          /bin/busybox poweroff -f\n"
     );
     let mut fs = Initramfs::new();
@@ -32,6 +32,13 @@ pub fn marker_initramfs(busybox: &Path, marker: &str) -> std::io::Result<Initram
         mode: 0o600,
         major: 5,
         minor: 1,
+    });
+    // Also in the image, so the boot-timer write does not depend on the devtmpfs mount.
+    fs.add(Entry::CharDev {
+        path: "dev/port".into(),
+        mode: 0o600,
+        major: 1,
+        minor: 4,
     });
     fs.host_file("bin/busybox", busybox)?;
     fs.symlink("bin/sh", "busybox");
