@@ -1,6 +1,10 @@
 //! virtio: the device trait shared by all virtio devices, the interrupt, and the MMIO transport.
 
+pub mod block;
+pub mod console;
+pub mod desc_chain;
 pub mod mmio;
+pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -92,4 +96,9 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize);
     /// The driver reset the device; drop the queues and return to the initial state.
     fn reset(&mut self) {}
+    /// The device hit a queue-level error (a hostile or broken driver) and stopped serving;
+    /// the transport then sets DEVICE_NEEDS_RESET. Cleared by [`VirtioDevice::reset`].
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
