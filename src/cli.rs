@@ -33,7 +33,12 @@ pub enum ListFormat {
 #[command(name = "kvmbox", version, about, propagate_version = true)]
 pub struct Cli {
     /// Directory holding container state.
-    #[arg(long, global = true, default_value = "/run/kvmbox", env = "KVMBOX_ROOT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/kvmbox",
+        env = "KVMBOX_ROOT"
+    )]
     pub root: PathBuf,
     /// Write logs to this file instead of stderr.
     #[arg(long, global = true)]
@@ -45,12 +50,18 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub debug: bool,
     /// Isolation model for new containers (existing containers keep the one they were created with).
-    #[arg(long, global = true, value_enum, default_value = "vm", env = "KVMBOX_ISOLATION")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "vm",
+        env = "KVMBOX_ISOLATION"
+    )]
     pub isolation: Isolation,
     /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility.
+    /// Accepted for runc compatibility; with `spec`, generates a rootless spec.
     #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     #[command(subcommand)]
@@ -233,9 +244,7 @@ pub struct SpecArgs {
     /// Directory to write config.json into.
     #[arg(short, long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Generate a spec for a rootless container (user namespace, no cgroups).
-    #[arg(long = "rootless")]
-    pub rootless_spec: bool,
+    // `--rootless` (global) selects a rootless spec: a local flag of the same name would clash.
 }
 
 /// Output format of `bench`.
@@ -254,7 +263,7 @@ pub struct BenchArgs {
     /// Output format (json goes to stdout for machines).
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
-    /// Directory for the SVG chart and the markdown table.
+    /// Directory to write the markdown results table (results.md) into.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Skip peers (runc, crun) even when installed.

@@ -53,3 +53,23 @@ pub enum ContainerError {
     #[error("container process {0} is not running")]
     NotRunning(i32),
 }
+
+impl ContainerError {
+    /// A closure mapping a nix error to [`ContainerError::Sys`] with a description.
+    pub(crate) fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ContainerError {
+        let what = what.into();
+        move |source| ContainerError::Sys { what, source }
+    }
+
+    /// A closure mapping an I/O error on `path` to [`ContainerError::Io`].
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ContainerError {
+        let path = path.into();
+        move |source| ContainerError::Io { what, path, source }
+    }
+}
+
+/// Result alias for container setup.
+pub type Result<T, E = ContainerError> = std::result::Result<T, E>;

@@ -4,14 +4,41 @@
 //! into its new namespaces and cgroup; the init does the whole OCI setup, then blocks on the exec
 //! FIFO until `start` opens it, then execs the user process. [`exec`] starts another process in
 //! the namespaces and cgroup of a running container.
+//!
+//! Modules: `spawn` (parent side of create: clone, sync protocol, id maps, runtime hooks),
+//! `init` (the init's setup sequence), `exec`, `release` (exec FIFO), `sync` (parent/child
+//! messages), `namespaces`, `cgroups` (own small cgroupfs manager, v1 and v2), `rootfs`
+//! (propagation, mounts, pivot_root), `mount_options`, `secure_path` (resolution inside the
+//! rootfs), `devices`, `paths` (masked/readonly), `sysctl`, `process` (rlimits, user,
+//! capabilities, cwd, execve), `console` (pty + SCM_RIGHTS), `hooks`, `seccomp`.
+//!
+//! Not implemented (ignored): apparmorProfile, selinuxLabel, mountLabel, process.ioPriority,
+//! process.scheduler, execCPUAffinity, linux.personality, intelRdt, memoryPolicy, netDevices,
+//! timeOffsets, id-mapped mounts, and device rules on cgroup v2 (they need eBPF).
 
+mod cgroups;
+mod console;
+mod devices;
 pub mod error;
+mod exec;
+mod hooks;
+mod init;
+mod mount_options;
+mod namespaces;
+mod paths;
+mod process;
+mod release;
+mod rootfs;
+mod seccomp;
+mod secure_path;
+mod spawn;
 pub mod state;
+mod sync;
+mod sysctl;
 
 pub use error::ContainerError;
 pub use state::{OciState, Status};
 
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Process, Spec};
@@ -37,7 +64,7 @@ pub struct CreateRequest<'a> {
     pub no_pivot: bool,
     /// Extra fds (3..3+n) that the container process inherits.
     pub preserve_fds: u32,
-    /// Cgroup path to use (absolute within the hierarchy, e.g. "/kvmbox/<id>"); the caller
+    /// Cgroup path to use (absolute within the hierarchy, e.g. `/kvmbox/<id>`); the caller
     /// resolves `linux.cgroupsPath` (or its default) into this.
     pub cgroup_path: String,
 }
@@ -52,7 +79,7 @@ pub struct Created {
 /// A process to start inside a running container (`exec`).
 #[derive(Debug, Clone)]
 pub struct ExecRequest<'a> {
-    /// PID (in the caller's namespace) of the container's init; its /proc/<pid>/ns/* are joined.
+    /// PID (in the caller's namespace) of the container's init; its `/proc/<pid>/ns/*` are joined.
     pub container_pid: i32,
     /// The container's spec (for namespaces, cgroup, defaults such as capabilities).
     pub spec: &'a Spec,
@@ -72,34 +99,37 @@ pub struct ExecRequest<'a> {
 /// the container's) with `state` (status "creating", pid filled in) on their stdin. Returns once
 /// the init is blocked on the exec FIFO (or has exec'd when `exec_fifo` is None). On any error the
 /// init is killed and reaped and the cgroup removed: nothing is left behind.
+///
+/// **The caller must be single-threaded**: the init is a fork-like clone of the caller, and the
+/// caller temporarily joins namespaces given by path around the clone.
+/// When `process.terminal` is true but no console socket is given, stdio is inherited.
 pub fn create(req: &CreateRequest<'_>, state: &OciState) -> Result<Created, ContainerError> {
-    let _ = (req, state);
-    todo!("container::create")
+    spawn::create(req, state)
 }
 
 /// Start a process inside a running container; returns its PID (a child of the caller).
+///
+/// Returns once the process has exec'd (or with the precise setup/exec error). **The caller must
+/// be single-threaded** (see [`create`]).
 pub fn exec(req: &ExecRequest<'_>) -> Result<i32, ContainerError> {
-    let _ = req;
-    todo!("container::exec")
+    exec::exec(req)
 }
 
 /// Open the exec FIFO for reading and release the init (the `start` step). Errors if the init is
-/// gone.
+/// gone. Never blocks forever: it waits on the FIFO and on a pidfd of the init together.
 pub fn release(exec_fifo: &Path, init_pid: i32) -> Result<(), ContainerError> {
-    let _ = (exec_fifo, init_pid);
-    todo!("container::release")
+    release::release(exec_fifo, init_pid)
 }
 
 /// Remove the container's cgroup (killing anything left in it first).
 pub fn destroy_cgroup(cgroup_path: &str) -> Result<(), ContainerError> {
-    let _ = cgroup_path;
-    todo!("container::destroy_cgroup")
+    cgroups::Cgroup::open(cgroup_path)?.destroy()
 }
 
-/// PIDs (in the caller's pid namespace) of every process in the container's cgroup.
+/// PIDs (in the caller's pid namespace) of every process in the container's cgroup (empty if
+/// the cgroup does not exist).
 pub fn cgroup_pids(cgroup_path: &str) -> Result<Vec<i32>, ContainerError> {
-    let _ = cgroup_path;
-    todo!("container::cgroup_pids")
+    cgroups::Cgroup::open(cgroup_path)?.procs()
 }
 
 /// Run a list of hooks (poststart, poststop, ...) in the caller's namespaces, each with `state`
@@ -109,10 +139,10 @@ pub fn run_hooks(
     state: &OciState,
     kind: &str,
 ) -> Result<(), ContainerError> {
-    let _ = (hooks, state, kind);
-    todo!("container::run_hooks")
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(state)
+        .map_err(|e| ContainerError::InvalidSpec(format!("serialize state: {e}")))?;
+    hooks::run_all(hooks, &json, kind)
 }
-
-/// Unused placeholder so RawFd stays referenced until implemented.
-#[doc(hidden)]
-pub type Fd = RawFd;

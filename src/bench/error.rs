@@ -1,0 +1,52 @@
+//! Errors of the benchmark.
+
+use std::path::PathBuf;
+
+/// What stopped the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The requested isolation model cannot be benchmarked yet.
+    #[error("bench --isolation vm: the VM mode is not built yet (use --isolation namespace)")]
+    VmNotBuilt,
+    /// `--runs 0`.
+    #[error("bench: --runs must be at least 1")]
+    NoRuns,
+    /// A tool the benchmark needs is missing.
+    #[error("bench: {0} not found in PATH (install busybox-static)")]
+    Missing(&'static str),
+    /// A filesystem operation failed.
+    #[error("bench: {what} {path}: {source}", path = .path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A runtime could not be started.
+    #[error("bench: cannot start {runtime}: {source}")]
+    Spawn {
+        /// Runtime name.
+        runtime: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A container run failed.
+    #[error("bench: {runtime} run {id} failed ({status}): {stderr}")]
+    RunFailed {
+        /// Runtime name.
+        runtime: String,
+        /// Container id.
+        id: String,
+        /// Exit status.
+        status: String,
+        /// Last line of its stderr.
+        stderr: String,
+    },
+    /// Serialising the spec or the report failed.
+    #[error("bench: {0}")]
+    Json(#[from] serde_json::Error),
+}

@@ -1,0 +1,961 @@
+//! End-to-end tests of `kvmbox --isolation namespace`: real containers on this host (root).
+//!
+//! Every test has its own `--root`, bundles and container ids, so the tests run in parallel.
+//! They follow runc's command-line contract; `KVMBOX_E2E_RUNTIME=/usr/sbin/runc` runs them
+//! against runc instead (the kvmbox-specific checks, such as error wording, are skipped then).
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use common::{cap_mask, listed_ids, parse_cap_lines, testing_kvmbox, Bundle, Harness};
+use serde_json::{json, Value};
+
+/// `create` + `start` a container running `args`; returns its id.
+fn started(h: &Harness, bundle: &Bundle, prefix: &str) -> String {
+    let id = h.id(prefix);
+    h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .ok();
+    h.run(&["start", &id]).ok();
+    id
+}
+
+/// `kill -9` then `delete` a container, then check that nothing is left.
+fn kill_and_delete(h: &Harness, id: &str, bundle: &Bundle) {
+    h.run(&["kill", id, "KILL"]).ok();
+    h.wait_status(id, "stopped");
+    h.run(&["delete", id]).ok();
+    h.assert_no_leftovers(id, bundle);
+}
+
+/// `run --bundle B <id>`; returns the id and the outcome; checks for leftovers.
+fn run(h: &Harness, bundle: &Bundle, prefix: &str) -> common::Outcome {
+    let id = h.id(prefix);
+    let out = h.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    h.assert_no_leftovers(&id, bundle);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+#[test]
+fn lifecycle_create_state_start_kill_delete() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id("life");
+    let pid_file = h.dir().join("pid");
+    h.run(&[
+        "create",
+        "--bundle",
+        bundle.dir.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
+
+    let st = h.state(&id);
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["bundle"], bundle.dir.to_str().unwrap());
+    assert!(st["ociVersion"].is_string(), "{st}");
+    let pid = st["pid"].as_i64().expect("pid in state");
+    assert!(pid > 0, "{st}");
+    let written: i64 = fs::read_to_string(&pid_file)
+        .expect("pid file written")
+        .trim()
+        .parse()
+        .expect("pid file holds a number");
+    assert_eq!(written, pid, "pid file and state disagree");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "init {pid} is not alive after create"
+    );
+    if testing_kvmbox() {
+        assert!(st["created"].is_string(), "state lacks `created`: {st}");
+    }
+
+    h.run(&["start", &id]).ok();
+    let st = h.state(&id);
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["pid"].as_i64(), Some(pid));
+
+    h.run(&["kill", &id, "SIGKILL"]).ok();
+    h.wait_status(&id, "stopped");
+
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    let out = h.run(&["state", &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+}
+
+#[test]
+fn kill_accepts_signal_numbers_and_short_names() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = started(&h, &bundle, "sig");
+    // PID 1 of a pid namespace ignores TERM without a handler: STOP/CONT are delivered.
+    let pid = h.state(&id)["pid"].as_i64().unwrap() as i32;
+    h.run(&["kill", &id, "STOP"]).ok();
+    wait_proc_state(pid, |s| s == "T", "stopped by SIGSTOP");
+    h.run(&["kill", &id, "18"]).ok(); // SIGCONT
+    wait_proc_state(pid, |s| s != "T", "continued by signal 18");
+    assert_eq!(h.state(&id)["status"], "running");
+    h.run(&["kill", &id, "9"]).ok();
+    h.wait_status(&id, "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+/// Wait (up to 5 s) until the state letter in /proc/<pid>/stat satisfies `ok`.
+fn wait_proc_state(pid: i32, ok: impl Fn(&str) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        if ok(&state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not {what}: state {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_all_signals_every_process_of_the_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle.sh("sleep 300 & sleep 300 & wait");
+    let id = started(&h, &bundle, "killall");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pids: Vec<i32> = loop {
+        let out = h.run(&["ps", "--format", "json", &id]);
+        out.ok();
+        let pids: Vec<i32> = serde_json::from_str(&out.stdout).expect("ps json");
+        if pids.len() >= 3 {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "sleeps never started: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    h.run(&["kill", "--all", &id, "KILL"]).ok();
+    h.wait_status(&id, "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    for pid in pids {
+        assert!(common::is_zombie_or_gone(pid), "{pid} survived kill --all");
+    }
+}
+
+#[test]
+fn delete_force_removes_a_running_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = started(&h, &bundle, "force");
+    let pid = h.state(&id)["pid"].as_i64().unwrap() as i32;
+    h.run(&["delete", "--force", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    assert!(
+        common::is_zombie_or_gone(pid),
+        "init {pid} survived delete --force"
+    );
+}
+
+#[test]
+fn delete_of_a_created_container_kills_its_init() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let id = h.id("created-del");
+    h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .ok();
+    let pid = h.state(&id)["pid"].as_i64().unwrap() as i32;
+    // Like runc, a created (never started) container needs no --force.
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    assert!(common::is_zombie_or_gone(pid), "init {pid} survived delete");
+}
+
+// ---------------------------------------------------------------------------------------------
+// run: exit codes and stdio
+
+#[test]
+fn run_exit_code_zero() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    run(&h, &bundle, "exit0").code(0);
+}
+
+#[test]
+fn run_exit_code_seven() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle.sh("exit 7");
+    run(&h, &bundle, "exit7").code(7);
+}
+
+#[test]
+fn run_signal_exit_is_128_plus_signal() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    // The init of a pid namespace cannot be killed by a signal sent from inside it, so this
+    // container shares the host's pid namespace: the shell's own SIGTERM then kills it.
+    bundle.sh("kill -TERM $$; sleep 5").edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+    });
+    run(&h, &bundle, "exit-sig").code(143);
+}
+
+#[test]
+fn run_reports_sigkill_from_outside_as_137() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id("killed");
+    let out = std::thread::scope(|s| {
+        let waiter = s.spawn(|| h.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]));
+        // `state` fails until `run` has created the container.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.run(&["state", &id]).code != Some(0) || h.state(&id)["status"] != "running" {
+            assert!(Instant::now() < deadline, "container {id} never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h.run(&["kill", &id, "KILL"]).ok();
+        waiter.join().expect("run thread")
+    });
+    out.code(137);
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn run_detach_returns_with_the_container_running() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id("detached");
+    h.run(&[
+        "run",
+        "--detach",
+        "--bundle",
+        bundle.dir.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
+    assert_eq!(h.state(&id)["status"], "running");
+    kill_and_delete(&h, &id, &bundle);
+}
+
+#[test]
+fn run_captures_stdout_and_stderr() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle.sh("echo to-stdout; echo to-stderr >&2");
+    let out = run(&h, &bundle, "stdio");
+    out.ok();
+    assert_eq!(out.stdout, "to-stdout\n", "{out}");
+    assert!(out.stderr.contains("to-stderr"), "{out}");
+    assert!(!out.stdout.contains("to-stderr"), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources
+
+#[test]
+fn memory_limit_is_enforced_by_oom_kill() {
+    let h = Harness::new();
+    let limit = 32 * 1024 * 1024;
+    let bundle = h.bundle(&[]);
+    bundle.edit(|c| {
+        c["linux"]["resources"]["memory"] = json!({"limit": limit, "swap": limit});
+    });
+    // Within the limit: an 8 MiB buffer is fine.
+    bundle.sh("dd if=/dev/zero of=/dev/null bs=8M count=1 2>/dev/null && echo small-ok");
+    let out = run(&h, &bundle, "mem-ok");
+    out.ok();
+    assert!(out.stdout.contains("small-ok"), "{out}");
+    // Beyond it: dd's 64 MiB buffer gets it OOM-killed (SIGKILL: exit 128 + 9).
+    bundle.args(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    run(&h, &bundle, "mem-oom").code(137);
+}
+
+#[test]
+fn pids_limit_bounds_forks() {
+    let h = Harness::new();
+    let script = "i=0; while [ $i -lt 16 ]; do sleep 1 & i=$((i+1)); done; wait; echo all-started";
+    let bundle = h.bundle(&[]);
+    bundle.sh(script);
+    bundle.edit(|c| c["linux"]["resources"]["pids"] = json!({"limit": 64}));
+    let out = run(&h, &bundle, "pids-ok");
+    out.ok();
+    assert!(out.stdout.contains("all-started"), "{out}");
+
+    bundle.edit(|c| c["linux"]["resources"]["pids"] = json!({"limit": 8}));
+    let out = run(&h, &bundle, "pids-bounded");
+    assert_ne!(
+        out.code,
+        Some(0),
+        "16 forks under pids.max=8 succeeded:\n{out}"
+    );
+    assert!(!out.stdout.contains("all-started"), "{out}");
+    assert!(out.stderr.contains("fork"), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process and container settings
+
+#[test]
+fn hostname_is_set() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["hostname"]);
+    bundle.edit(|c| c["hostname"] = json!("e2e-host"));
+    let out = run(&h, &bundle, "host");
+    out.ok();
+    assert_eq!(out.stdout.trim(), "e2e-host", "{out}");
+}
+
+#[test]
+fn readonly_rootfs_refuses_writes() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    // /dev/shm is a tmpfs mount, writable; the rootfs itself is not.
+    bundle.sh("touch /dev/shm/ok && echo shm-ok && touch /newfile");
+    let out = run(&h, &bundle, "ro");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains("shm-ok"), "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert!(!bundle.rootfs.join("newfile").exists());
+
+    bundle.edit(|c| c["root"]["readonly"] = json!(false));
+    bundle.sh("touch /newfile && echo rw-ok");
+    let out = run(&h, &bundle, "rw");
+    out.ok();
+    assert!(bundle.rootfs.join("newfile").exists(), "{out}");
+}
+
+#[test]
+fn env_and_cwd_are_applied() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle.sh("echo \"$GREETING\"; pwd").edit(|c| {
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("GREETING=hello from env"));
+        c["process"]["cwd"] = json!("/tmp");
+    });
+    let out = run(&h, &bundle, "env");
+    out.ok();
+    assert_eq!(out.stdout, "hello from env\n/tmp\n", "{out}");
+}
+
+#[test]
+fn user_uid_gid_and_additional_gids() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["id"]);
+    bundle.edit(|c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+    });
+    let out = run(&h, &bundle, "user");
+    out.ok();
+    assert!(out.stdout.contains("uid=1000"), "{out}");
+    assert!(out.stdout.contains("gid=1000"), "{out}");
+    assert!(out.stdout.contains("2000"), "{out}");
+}
+
+#[test]
+fn capabilities_are_dropped_to_the_spec() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["cat", "/proc/self/status"]);
+    let kept = ["CAP_KILL", "CAP_NET_BIND_SERVICE"];
+    bundle.edit(|c| {
+        c["process"]["capabilities"] = json!({
+            "bounding": kept, "effective": kept, "permitted": kept,
+            "inheritable": [], "ambient": []
+        });
+    });
+    let out = run(&h, &bundle, "caps");
+    out.ok();
+    let caps = parse_cap_lines(&out.stdout);
+    let want = cap_mask(&kept);
+    assert_eq!(want, 0x420);
+    assert_eq!(caps.get("CapEff"), Some(&want), "{out}");
+    assert_eq!(caps.get("CapPrm"), Some(&want), "{out}");
+    assert_eq!(caps.get("CapBnd"), Some(&want), "{out}");
+    assert_eq!(caps.get("CapInh"), Some(&0), "{out}");
+    assert_eq!(caps.get("CapAmb"), Some(&0), "{out}");
+}
+
+#[test]
+fn container_process_inherits_only_stdio() {
+    let h = Harness::new();
+    // `ls` itself holds fd 3 (the directory it reads); anything else leaked from the runtime.
+    let bundle = h.bundle(&["ls", "/proc/self/fd"]);
+    let out = run(&h, &bundle, "fds");
+    out.ok();
+    assert_eq!(out.stdout, "0\n1\n2\n3\n", "{out}");
+}
+
+#[test]
+fn concurrent_creates_of_one_id_yield_one_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id("race");
+    let outcomes: Vec<common::Outcome> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let winners = outcomes.iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(winners, 1, "{outcomes:#?}");
+    for o in outcomes.iter().filter(|o| o.code != Some(0)) {
+        if testing_kvmbox() {
+            o.error_line(&[&id]);
+        } else {
+            assert_ne!(o.code, Some(0), "{o}");
+        }
+    }
+    let st = h.state(&id);
+    assert_eq!(st["status"], "created", "{st}");
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    h.run(&["delete", "--force", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    assert!(common::is_zombie_or_gone(pid));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+
+#[test]
+fn hooks_get_the_state_on_stdin() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let out_dir = h.dir().join("hooks");
+    fs::create_dir(&out_dir).unwrap();
+    let hook = |kind: &str| {
+        let file = out_dir.join(format!("{kind}.json"));
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
+    };
+    bundle.edit(|c| {
+        c["hooks"] = json!({
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        });
+    });
+    let id = h.id("hooks");
+    h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .ok();
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+    h.run(&["start", &id]).ok();
+    h.run(&["kill", &id, "KILL"]).ok();
+    h.wait_status(&id, "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+
+    let read = |kind: &str| -> Value {
+        let path = out_dir.join(format!("{kind}.json"));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{kind} hook: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{kind} stdin {text:?}: {e}"))
+    };
+    let create_runtime = read("createRuntime");
+    assert_eq!(create_runtime["id"], id.as_str(), "{create_runtime}");
+    assert_eq!(create_runtime["status"], "creating", "{create_runtime}");
+    assert_eq!(
+        create_runtime["pid"].as_i64(),
+        Some(pid),
+        "{create_runtime}"
+    );
+    assert_eq!(create_runtime["bundle"], bundle.dir.to_str().unwrap());
+    let poststart = read("poststart");
+    assert_eq!(poststart["id"], id.as_str(), "{poststart}");
+    // The process has been executed when poststart runs (runc 1.1 still reports "created").
+    let want = if testing_kvmbox() {
+        "running"
+    } else {
+        "created"
+    };
+    assert_eq!(poststart["status"], want, "{poststart}");
+    assert_eq!(poststart["pid"].as_i64(), Some(pid), "{poststart}");
+    let poststop = read("poststop");
+    assert_eq!(poststop["id"], id.as_str(), "{poststop}");
+    assert_eq!(poststop["status"], "stopped", "{poststop}");
+}
+
+#[test]
+fn failing_create_runtime_hook_fails_create_and_leaves_nothing() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    bundle.edit(|c| {
+        c["hooks"] =
+            json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]});
+    });
+    let id = h.id("badhook");
+    let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    assert_ne!(out.code, Some(0), "{out}");
+    if testing_kvmbox() {
+        out.error_line(&["createRuntime"]);
+    }
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Console socket
+
+/// Accept one connection on `listener` and receive the fd it sends with SCM_RIGHTS.
+fn receive_fd(listener: &UnixListener) -> OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let (conn, _) = listener.accept().expect("accept console socket connection");
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg on console socket");
+    for cmsg in msg.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let fd = *fds.first().expect("one fd");
+            // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
+            return unsafe { OwnedFd::from_raw_fd(fd) };
+        }
+    }
+    panic!("no SCM_RIGHTS fd received on the console socket");
+}
+
+/// Read the pty master until the slave side closes (EIO), `want` appears, or 10 s pass.
+fn read_pty(master: OwnedFd, want: &[&str]) -> String {
+    let mut file = fs::File::from(master);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0);
+        if ready == 0 {
+            if want.iter().all(|w| text.contains(w)) {
+                break;
+            }
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the container's side is closed
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    text
+}
+
+#[test]
+fn console_socket_receives_the_pty_master() {
+    let h = Harness::new();
+    let bundle = h.bundle(&[]);
+    bundle
+        .sh("tty; echo hello-from-tty")
+        .edit(|c| c["process"]["terminal"] = json!(true));
+    let socket = h.dir().join("console.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || receive_fd(&listener));
+
+    let id = h.id("tty");
+    h.run(&[
+        "create",
+        "--console-socket",
+        socket.to_str().unwrap(),
+        "--bundle",
+        bundle.dir.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
+    let master = receiver.join().expect("console socket thread");
+    h.run(&["start", &id]).ok();
+    let text = read_pty(master, &["hello-from-tty"]);
+    assert!(text.contains("/dev/pts/"), "tty output: {text:?}");
+    assert!(text.contains("hello-from-tty"), "tty output: {text:?}");
+    h.wait_status(&id, "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec, list, ps
+
+#[test]
+fn exec_runs_in_the_container_with_output_and_exit_code() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    bundle.edit(|c| c["hostname"] = json!("exec-host"));
+    let id = started(&h, &bundle, "exec");
+    let out = h.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "hostname; echo exec-err >&2; exit 3",
+    ]);
+    out.code(3);
+    assert_eq!(out.stdout, "exec-host\n", "{out}");
+    assert!(out.stderr.contains("exec-err"), "{out}");
+
+    let process = h.dir().join("process.json");
+    let mut p = bundle.config()["process"].clone();
+    p["args"] = json!(["sh", "-c", "echo from-process-json $FOO"]);
+    p["env"].as_array_mut().unwrap().push(json!("FOO=bar"));
+    fs::write(&process, p.to_string()).unwrap();
+    let out = h.run(&["exec", "--process", process.to_str().unwrap(), &id]);
+    out.ok();
+    assert_eq!(out.stdout, "from-process-json bar\n", "{out}");
+
+    kill_and_delete(&h, &id, &bundle);
+}
+
+#[test]
+fn list_and_ps_show_the_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = started(&h, &bundle, "list");
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+
+    let out = h.run(&["list"]);
+    out.ok();
+    let header = out.stdout.lines().next().unwrap_or("");
+    assert!(header.contains("ID") && header.contains("STATUS"), "{out}");
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in list:\n{out}"));
+    assert!(
+        row.contains("running") && row.contains(&pid.to_string()),
+        "{row}"
+    );
+
+    let out = h.run(&["list", "--quiet"]);
+    out.ok();
+    assert_eq!(out.stdout.trim(), id, "{out}");
+
+    let out = h.run(&["list", "--format", "json"]);
+    out.ok();
+    assert!(listed_ids(&out.stdout).contains(&id), "{out}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let entry = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(entry["status"], "running", "{entry}");
+    assert_eq!(entry["pid"].as_i64(), Some(pid), "{entry}");
+
+    let out = h.run(&["ps", &id]);
+    out.ok();
+    assert!(
+        out.stdout.lines().next().unwrap_or("").contains("PID"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("sleep"), "{out}");
+
+    let out = h.run(&["ps", "--format", "json", &id]);
+    out.ok();
+    let pids: Vec<i64> = serde_json::from_str(&out.stdout).expect("ps json is a list of pids");
+    assert!(pids.contains(&pid), "{out}");
+
+    kill_and_delete(&h, &id, &bundle);
+    let out = h.run(&["list", "--format", "json"]);
+    out.ok();
+    assert!(!listed_ids(&out.stdout).contains(&id), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// spec and features
+
+#[test]
+fn spec_writes_a_loadable_default_config() {
+    let h = Harness::new();
+    let dir = h.dir().join("spec");
+    fs::create_dir(&dir).unwrap();
+    h.run(&["spec", "--bundle", dir.to_str().unwrap()]).ok();
+    let spec = oci_spec::runtime::Spec::load(dir.join("config.json")).expect("spec is valid OCI");
+    assert_eq!(
+        spec.root().as_ref().unwrap().path().to_str(),
+        Some("rootfs")
+    );
+    assert!(spec.process().as_ref().unwrap().args().is_some());
+}
+
+#[test]
+fn features_prints_json() {
+    let h = Harness::new();
+    let out = h.run(&["features"]);
+    out.ok();
+    let v: Value = serde_json::from_str(&out.stdout).expect("features is JSON");
+    assert!(v["ociVersionMin"].is_string(), "{v}");
+    assert!(v["ociVersionMax"].is_string(), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: exit code 1, one line naming the problem, nothing left behind
+
+#[test]
+fn invalid_ids_are_rejected() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let long = "x".repeat(1025);
+    for (id, needle) in [
+        ("", "container id"),
+        ("..", ".."),
+        ("a/b", "a/b"),
+        (long.as_str(), "container id"),
+    ] {
+        let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), id]);
+        if testing_kvmbox() {
+            out.error_line(&[needle]);
+        } else {
+            assert_ne!(out.code, Some(0), "{out}");
+        }
+        h.assert_no_leftovers(id, &bundle);
+        let entries: Vec<_> = fs::read_dir(h.root())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(entries.is_empty(), "id {id:?} left {entries:?} in --root");
+    }
+}
+
+#[test]
+fn missing_bundle_is_an_error() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let missing = h.dir().join("no-such-bundle");
+    let id = h.id("nobundle");
+    let out = h.run(&["create", "--bundle", missing.to_str().unwrap(), &id]);
+    out.error_line(&[missing.to_str().unwrap()]);
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn missing_config_json_is_an_error() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    fs::remove_file(bundle.config_path()).unwrap();
+    let id = h.id("noconfig");
+    let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    out.error_line(&["config.json"]);
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn bad_json_names_file_line_and_column() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    fs::write(
+        bundle.config_path(),
+        "{\n  \"ociVersion\": \"1.0.2\",\n  \"process\": {,\n}\n",
+    )
+    .unwrap();
+    let id = h.id("badjson");
+    let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    if testing_kvmbox() {
+        out.error_line(&[bundle.config_path().to_str().unwrap(), "line 3", "column"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn unknown_field_value_is_an_error() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    bundle.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "bogusns"}));
+    });
+    let id = h.id("badvalue");
+    let out = h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    if testing_kvmbox() {
+        out.error_line(&["bogusns", "config.json"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn duplicate_id_is_an_error_and_keeps_the_first_container() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let other = h.bundle(&["true"]);
+    let id = h.id("dup");
+    h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .ok();
+    let before = h.state(&id);
+    let out = h.run(&["create", "--bundle", other.dir.to_str().unwrap(), &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    let after = h.state(&id);
+    assert_eq!(after["status"], "created", "{after}");
+    assert_eq!(after["pid"], before["pid"], "{after}");
+    assert_eq!(after["bundle"], bundle.dir.to_str().unwrap(), "{after}");
+    h.run(&["delete", "--force", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+    h.assert_no_leftovers(&id, &other);
+}
+
+#[test]
+fn unknown_id_is_an_error_for_every_command() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let id = h.id("ghost");
+    for args in [
+        vec!["state", id.as_str()],
+        vec!["start", id.as_str()],
+        vec!["kill", id.as_str(), "KILL"],
+        vec!["delete", id.as_str()],
+        vec!["exec", id.as_str(), "true"],
+        vec!["ps", id.as_str()],
+    ] {
+        let out = h.run(&args);
+        if testing_kvmbox() {
+            out.error_line(&[&id]);
+        } else {
+            assert_ne!(out.code, Some(0), "{out}");
+        }
+    }
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn kill_of_a_stopped_container_is_an_error() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let id = started(&h, &bundle, "killstopped");
+    h.wait_status(&id, "stopped");
+    let out = h.run(&["kill", &id, "KILL"]);
+    if testing_kvmbox() {
+        out.error_line(&[&id]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    assert_eq!(h.state(&id)["status"], "stopped");
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn delete_of_a_running_container_needs_force() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = started(&h, &bundle, "delrunning");
+    let out = h.run(&["delete", &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    assert_eq!(h.state(&id)["status"], "running");
+    h.run(&["delete", "--force", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn start_twice_is_an_error() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = started(&h, &bundle, "start2");
+    let out = h.run(&["start", &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    kill_and_delete(&h, &id, &bundle);
+}
+
+#[test]
+fn failing_process_exec_leaves_nothing() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["/no/such/binary"]);
+    let id = h.id("noexec");
+    let out = h.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    assert_ne!(out.code, Some(0), "{out}");
+    if testing_kvmbox() {
+        out.error_line(&["/no/such/binary"]);
+    }
+    let _ = h.run(&["delete", "--force", &id]);
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let h = Harness::new();
+    let bundle = h.bundle(&["true"]);
+    let log = h.dir().join("kvmbox.log");
+    let missing = h.dir().join("missing-bundle");
+    let id = h.id("jsonlog");
+    let out = h.run_with_globals(
+        &["--log", log.to_str().unwrap(), "--log-format", "json"],
+        &["create", "--bundle", missing.to_str().unwrap(), &id],
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    let text = fs::read_to_string(&log).expect("--log file written");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "empty log file");
+    for line in &lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));
+        assert!(v.is_object(), "log line {line:?} is not an object");
+    }
+    assert!(
+        text.contains(missing.to_str().unwrap()),
+        "the error is not in the log: {text}"
+    );
+
+    // A successful run with --debug also logs only JSON lines.
+    let log2 = h.dir().join("debug.log");
+    let id2 = h.id("jsonlog-ok");
+    h.run_with_globals(
+        &[
+            "--debug",
+            "--log",
+            log2.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &["run", "--bundle", bundle.dir.to_str().unwrap(), &id2],
+    )
+    .ok();
+    let text = fs::read_to_string(&log2).unwrap_or_default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));
+    }
+    h.assert_no_leftovers(&id, &bundle);
+    h.assert_no_leftovers(&id2, &bundle);
+}
