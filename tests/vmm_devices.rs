@@ -202,3 +202,44 @@ fn guest_uses_virtio_blk_rng_and_console() {
     // The virtio console's output reached stdout.
     assert!(out.contains("hvc0-says-hello"));
 }
+
+#[test]
+fn missing_disk_image_fails_the_build_naming_the_file() {
+    use kvmbox::vmm::builder::VmBuilder;
+    use kvmbox::vmm::config::{DiskConfig, VmConfig};
+    use kvmbox::vmm::timings::BootTimer;
+
+    let mut config = VmConfig::new("/nonexistent/vmlinux");
+    config.disks.push(DiskConfig {
+        path: "/nonexistent/disk.img".into(),
+        read_only: false,
+    });
+    let err = VmBuilder::new(config, BootTimer::new(Instant::now()))
+        .build()
+        .err()
+        .expect("build must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/disk.img"), "{msg}");
+    assert!(msg.contains("virtio-blk"), "{msg}");
+}
+
+#[test]
+fn bad_disk_option_is_one_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+        .args([
+            "vm",
+            "boot",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--disk",
+            "/tmp/x.img,bogus",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("bogus"), "{stderr}");
+}
