@@ -192,10 +192,7 @@ impl VmBuilder {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| VmmError::File {
-                        path: path.clone(),
-                        source: e,
-                    })?,
+                    .map_err(|e| super::error::file_err("serial log", path, e))?,
             ),
         };
         let trigger = EventFdTrigger::new().map_err(|e| VmmError::sys("serial eventfd", e))?;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     /// `/dev/kvm` could not be opened or a KVM ioctl failed.
-    #[error("KVM: {what}: {source}")]
+    #[error("KVM: {what}: {err}")]
     Kvm {
         /// The operation that failed.
         what: &'static str,
         /// The errno KVM returned.
-        source: kvm_ioctls::Error,
+        err: kvm_ioctls::Error,
     },
     /// The host KVM lacks a capability the VMM needs.
     #[error("KVM lacks the capability {0}")]
@@ -23,12 +23,14 @@ pub enum VmmError {
     #[error("guest memory: {0}")]
     Memory(String),
     /// A file given by the user could not be read.
-    #[error("{path}: {source}")]
+    #[error("{what} {path}: {err}")]
     File {
+        /// What the file is for ("kernel", "initrd", "serial log").
+        what: &'static str,
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The kernel image is not something the VMM can boot.
     #[error("kernel {path}: {reason}")]
@@ -61,24 +63,33 @@ pub enum VmmError {
         reason: String,
     },
     /// An eventfd, signal, epoll or thread operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {err}")]
     Sys {
         /// The operation that failed.
         what: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
 impl VmmError {
     /// Shorthand for a failed KVM ioctl.
     pub fn kvm(what: &'static str, source: kvm_ioctls::Error) -> Self {
-        VmmError::Kvm { what, source }
+        VmmError::Kvm { what, err: source }
     }
 
     /// Shorthand for a failed OS call.
     pub fn sys(what: &'static str, source: std::io::Error) -> Self {
-        VmmError::Sys { what, source }
+        VmmError::Sys { what, err: source }
+    }
+}
+
+/// Shorthand for an unreadable file.
+pub fn file_err(what: &'static str, path: &std::path::Path, err: std::io::Error) -> VmmError {
+    VmmError::File {
+        what,
+        path: path.to_path_buf(),
+        err,
     }
 }
 

@@ -19,7 +19,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
 
 use super::memmap::MemoryMapEntry;
 use super::regs::EntryMode;
-use crate::vmm::error::{Result, VmmError};
+use crate::vmm::error::{file_err, Result, VmmError};
 use crate::vmm::layout::{
     CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
     ZERO_PAGE_ADDR,
@@ -112,22 +112,13 @@ fn kernel_err(path: &Path, reason: impl Into<String>) -> VmmError {
 
 /// Validate and load the kernel at `path` into `mem`.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
-    let mut file = File::open(path).map_err(|e| VmmError::File {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let mut file = File::open(path).map_err(|e| file_err("kernel", path, e))?;
     let len = file
         .metadata()
-        .map_err(|e| VmmError::File {
-            path: path.to_path_buf(),
-            source: e,
-        })?
+        .map_err(|e| file_err("kernel", path, e))?
         .len();
     let mut head = vec![0u8; 1024];
-    let n = read_up_to(&mut file, &mut head).map_err(|e| VmmError::File {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|e| file_err("kernel", path, e))?;
     head.truncate(n);
     let format = detect_format(&head, len).map_err(|r| kernel_err(path, r))?;
     let himem = Some(GuestAddress(HIMEM_START));
@@ -188,16 +179,10 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = File::open(path).map_err(|e| VmmError::File {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let mut file = File::open(path).map_err(|e| file_err("initrd", path, e))?;
     let size = file
         .metadata()
-        .map_err(|e| VmmError::File {
-            path: path.to_path_buf(),
-            source: e,
-        })?
+        .map_err(|e| file_err("initrd", path, e))?
         .len();
     if size == 0 {
         return Err(err("file is empty".into()));
@@ -234,6 +219,13 @@ fn mem_read_from(
 
 /// Build and write the kernel command line.
 pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<Cmdline> {
+    if cmdline.len() >= CMDLINE_MAX_SIZE {
+        return Err(VmmError::Cmdline(format!(
+            "{} bytes; the limit is {} bytes",
+            cmdline.len(),
+            CMDLINE_MAX_SIZE - 1
+        )));
+    }
     let cl = Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE)
         .map_err(|e| VmmError::Cmdline(e.to_string()))?;
     loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl)
