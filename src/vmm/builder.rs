@@ -262,10 +262,7 @@ fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| VmmError::File {
-                        path: path.clone(),
-                        source: e,
-                    })?,
+                    .map_err(|e| super::error::file_err("virtio console log", path, e))?,
             ),
         };
         let input = match console.input {
