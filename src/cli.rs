@@ -312,4 +312,14 @@ pub struct VmBootArgs {
     /// Print boot-time marks (VMM start, first KVM_RUN, kernel entry, userspace) on exit.
     #[arg(long)]
     pub timings: bool,
+    /// A virtio-blk disk on a raw image, `PATH[,ro]` (repeatable; the first is /dev/vda).
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+    /// Add a virtio-rng device (/dev/hwrng in the guest).
+    #[arg(long)]
+    pub rng: bool,
+    /// Add a virtio console (hvc0; use `--cmdline console=hvc0` to make it the kernel
+    /// console); it takes stdin and writes where the serial console does.
+    #[arg(long = "virtio-console")]
+    pub virtio_console: bool,
 }

@@ -18,8 +18,11 @@ use super::devices::bus::{Bus, SharedDevice};
 use super::devices::i8042::I8042;
 use super::devices::poweroff::{DebugExit, Pm1aControl};
 use super::devices::serial::{EventFdTrigger, SerialDevice, SerialWriter};
+use super::devices::virtio::block::Block;
+use super::devices::virtio::console::Console;
 use super::devices::virtio::mmio::{regs, MmioTransport};
 use super::devices::virtio::vsock::Vsock;
+use super::devices::virtio::rng::Rng;
 use super::devices::virtio::VirtioDevice;
 use super::error::{Result, VmmError};
 use super::event_loop::EventLoop;
@@ -93,7 +96,10 @@ impl VmBuilder {
         }
         let cfg = &self.config;
         cfg.validate().map_err(VmmError::Config)?;
-        if self.virtio.len() > (layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1) as usize {
+        let config_devices = config_virtio_devices(cfg)?;
+        if config_devices.len() + self.virtio.len()
+            > (layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1) as usize
+        {
             return Err(VmmError::Config("too many virtio devices".into()));
         }
         let mem_bytes = u64::from(cfg.memory_mib) << 20;
@@ -108,7 +114,7 @@ impl VmBuilder {
 
         let mut cmdline = cfg.base_cmdline();
         let mut transports = Vec::new();
-        for (i, device) in self.virtio.into_iter().enumerate() {
+        for (i, device) in config_devices.into_iter().chain(self.virtio).enumerate() {
             let base = layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_SIZE;
             let irq = layout::VIRTIO_IRQ_BASE + i as u32;
             let t = attach_virtio(&vm, &mem, &mut mmio, device, base, irq)?;
@@ -240,6 +246,42 @@ impl VmBuilder {
         )?;
         Ok(serial)
     }
+}
+
+/// The virtio devices `cfg` asks for, in slot order: disks (vda, vdb, ...), rng, console.
+fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &cfg.disks {
+        let block =
+            Block::open(&disk.path, disk.read_only).map_err(|e| dev_err("virtio-blk", e))?;
+        devices.push(Box::new(block));
+    }
+    if cfg.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    if let Some(console) = &cfg.console {
+        let out: Box<dyn Write + Send> = match &console.output {
+            SerialOutput::Stdout => Box::new(std::io::stdout()),
+            SerialOutput::Sink => Box::new(std::io::sink()),
+            SerialOutput::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| super::error::file_err("virtio console log", path, e))?,
+            ),
+        };
+        let input = match console.input {
+            true => Some(
+                nix::unistd::dup(std::io::stdin())
+                    .map_err(|e| VmmError::sys("dup stdin for virtio-console", e.into()))?,
+            ),
+            false => None,
+        };
+        let dev = Console::new(out, input).map_err(|e| dev_err("virtio-console", e))?;
+        devices.push(Box::new(dev));
+    }
+    Ok(devices)
 }
 
 /// Put `device` behind a virtio-mmio transport at `base` with interrupt `irq`: irqfd for the

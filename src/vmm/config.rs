@@ -84,6 +84,47 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// One virtio-blk disk backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image (regular file or block device).
+    pub path: PathBuf,
+    /// Expose it read-only (VIRTIO_BLK_F_RO; writes fail).
+    pub read_only: bool,
+}
+
+impl DiskConfig {
+    /// Parse the command-line form `PATH[,ro|,rw]`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (path, read_only) = match spec.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) if !opt.contains('/') => {
+                return Err(format!(
+                    "--disk {spec}: unknown option {opt:?} (expected ro or rw)"
+                ))
+            }
+            _ => (spec, false),
+        };
+        if path.is_empty() {
+            return Err(format!("--disk {spec}: empty path"));
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// The virtio console (the guest's hvc0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Where guest output goes.
+    pub output: SerialOutput,
+    /// Feed the VMM's stdin to the guest through the console's receive queue.
+    pub input: bool,
+}
+
 /// Everything needed to build one microVM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -105,6 +146,12 @@ pub struct VmConfig {
     pub cpu_profile: CpuProfile,
     /// Optional virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks, in order (the first is the guest's /dev/vda).
+    pub disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device (the guest's /dev/hwrng).
+    pub rng: bool,
+    /// Add a virtio console (hvc0).
+    pub console: Option<ConsoleConfig>,
 }
 
 impl VmConfig {
@@ -120,6 +167,9 @@ impl VmConfig {
             serial_input: false,
             cpu_profile: CpuProfile::Host,
             vsock: None,
+            disks: Vec::new(),
+            rng: false,
+            console: None,
         }
     }
 
@@ -192,6 +242,26 @@ mod tests {
         c.cpu_profile = CpuProfile::Host;
         c.extra_cmdline = None;
         assert_eq!(c.base_cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        assert_eq!(
+            DiskConfig::parse("/a/b.img").unwrap(),
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: false
+            }
+        );
+        assert!(DiskConfig::parse("/a/b.img,ro").unwrap().read_only);
+        assert!(!DiskConfig::parse("/a/b.img,rw").unwrap().read_only);
+        assert_eq!(
+            DiskConfig::parse("/a,b/c.img").unwrap().path,
+            PathBuf::from("/a,b/c.img")
+        );
+        assert!(DiskConfig::parse("/a/b.img,rx").is_err());
+        assert!(DiskConfig::parse(",ro").is_err());
+        assert!(DiskConfig::parse("").is_err());
     }
 
     #[test]

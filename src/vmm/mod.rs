@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::cli::VmBootArgs;
-use config::{CpuProfile, SerialOutput, VmConfig, KVM_PVM_SYSFS};
+use config::{ConsoleConfig, CpuProfile, DiskConfig, SerialOutput, VmConfig, KVM_PVM_SYSFS};
 use exit::VmExit;
 
 impl From<crate::cli::CpuProfile> for CpuProfile {
@@ -43,19 +43,33 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         choice.profile.name(),
         choice.reason
     );
+    let serial = match &args.serial_log {
+        Some(p) => SerialOutput::File(p.clone()),
+        None => SerialOutput::Stdout,
+    };
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| DiskConfig::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let config = VmConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
         extra_cmdline: args.cmdline.clone(),
         vcpus: args.vcpus,
         memory_mib: args.memory,
-        serial: match &args.serial_log {
-            Some(p) => SerialOutput::File(p.clone()),
-            None => SerialOutput::Stdout,
-        },
-        serial_input: true,
+        // With a virtio console, stdin goes there instead.
+        serial_input: !args.virtio_console,
+        console: args.virtio_console.then(|| ConsoleConfig {
+            output: serial.clone(),
+            input: true,
+        }),
+        serial,
         cpu_profile: choice.profile,
         vsock: None,
+        disks,
+        rng: args.rng,
     };
     let serial_where = match &args.serial_log {
         Some(p) => p.display().to_string(),

@@ -169,6 +169,15 @@ impl MmioTransport {
     pub fn queue_notified(&mut self, index: usize) {
         if self.activated && index < self.queues.len() {
             self.device.process_queue(index);
+            self.check_needs_reset();
+        }
+    }
+
+    /// Reflect a device that stopped serving in DEVICE_NEEDS_RESET and tell the driver.
+    fn check_needs_reset(&mut self) {
+        if self.status & status::DEVICE_NEEDS_RESET == 0 && self.device.needs_reset() {
+            self.status |= status::DEVICE_NEEDS_RESET;
+            let _ = self.interrupt.signal_config_change();
         }
     }
 
@@ -328,7 +337,12 @@ impl MmioTransport {
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             regs::INTERRUPT_STATUS => self.interrupt.status(),
-            regs::STATUS => self.status,
+            regs::STATUS => {
+                if self.activated {
+                    self.check_needs_reset();
+                }
+                self.status
+            }
             regs::CONFIG_GENERATION => self.config_generation,
             _ => {
                 tracing::debug!(offset, "virtio-mmio: read of unknown register");

@@ -1,7 +1,11 @@
 //! virtio: the device trait shared by all virtio devices, the interrupt, and the MMIO transport.
 
+pub mod block;
+pub mod console;
+pub mod desc_chain;
 pub mod mmio;
 pub mod vsock;
+pub mod rng;
 
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -101,4 +105,9 @@ pub trait VirtioDevice: Send {
     }
     /// [`backend_fd`](Self::backend_fd) became readable: serve the backend without blocking.
     fn process_backend(&mut self) {}
+    /// The device hit a queue-level error (a hostile or broken driver) and stopped serving;
+    /// the transport then sets DEVICE_NEEDS_RESET. Cleared by [`VirtioDevice::reset`].
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }

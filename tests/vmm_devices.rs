@@ -1,0 +1,251 @@
+//! One real boot with kvmbox's virtio devices: virtio-blk on a host file with a known pattern,
+//! virtio-rng and the virtio console. The busybox init lists /sys/bus/virtio/devices, reads
+//! /dev/vda, writes to it, reads /dev/hwrng, writes to /dev/hvc0 and powers off; the host then
+//! checks the printed results and the image file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmbox::vmm::initramfs::{Entry, Initramfs};
+
+const DISK_SECTORS: usize = 128;
+const DISK_BYTES: usize = DISK_SECTORS * 512;
+/// Written by the guest (with a newline) at byte offset 3 * 512.
+const GUEST_WRITE: &str = "written-by-the-guest";
+
+/// The guest kernel: $KVMBOX_KERNEL, else `kernel-config/build.sh --print-path`.
+fn find_kernel() -> Result<PathBuf, String> {
+    if let Ok(k) = std::env::var("KVMBOX_KERNEL") {
+        let p = PathBuf::from(k);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("KVMBOX_KERNEL={} is not a file", p.display()))
+        };
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-config/build.sh");
+    match Command::new(&script).arg("--print-path").output() {
+        Ok(o) if o.status.success() => {
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            let p = PathBuf::from(out.lines().last().unwrap_or("").trim());
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("{} printed no kernel path", script.display()))
+            }
+        }
+        _ => Err(format!(
+            "no guest kernel built: run `{}` or set KVMBOX_KERNEL=/path/to/vmlinux; set \
+             KVMBOX_SKIP_VM_TESTS=1 to skip VM boot tests",
+            script.display()
+        )),
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 + 5) as u8).collect()
+}
+
+/// MD5 as busybox md5sum prints it, computed by the host's md5sum.
+fn md5_hex(data: &[u8], dir: &Path) -> String {
+    let p = dir.join("md5-input");
+    std::fs::write(&p, data).unwrap();
+    let out = Command::new("md5sum").arg(&p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The guest is slow here (every fork/exec goes through the emulated kernel): few processes,
+/// shell builtins where possible.
+fn init_script() -> String {
+    format!(
+        "#!/bin/busybox sh\n\
+         bb=/bin/busybox\n\
+         $bb mount -t devtmpfs dev /dev\n\
+         $bb mount -t sysfs sys /sys\n\
+         ids=; for d in /sys/bus/virtio/devices/*; do read id < $d/device; ids=\"$ids $id\"; done\n\
+         echo VIRTIO-IDS $ids\n\
+         read size < /sys/block/vda/size; echo VDA-SIZE $size\n\
+         echo -n 'VDA-MD5 '; $bb md5sum /dev/vda\n\
+         $bb dd of=/dev/vda bs=512 seek=3 conv=sync,fsync 2>/dev/null <<EOF && echo VDA-WRITE-OK\n\
+         {GUEST_WRITE}\n\
+         EOF\n\
+         echo HWRNG-BEGIN; $bb od -An -tx1 -N32 /dev/hwrng; echo HWRNG-END\n\
+         read cur < /sys/class/misc/hw_random/rng_current; echo HWRNG-CURRENT $cur\n\
+         echo hvc0-says-hello > /dev/hvc0\n\
+         echo DEVICES-DONE\n\
+         $bb poweroff -f\n"
+    )
+}
+
+fn initramfs() -> Initramfs {
+    let mut fs = Initramfs::new();
+    fs.dir("bin").dir("dev").dir("proc").dir("sys");
+    fs.add(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .expect("/bin/busybox (Debian busybox-static) is needed");
+    fs.symlink("bin/sh", "busybox");
+    fs.file("init", 0o755, init_script());
+    fs
+}
+
+#[test]
+fn guest_uses_virtio_blk_rng_and_console() {
+    let kernel = match find_kernel() {
+        Ok(k) => k,
+        Err(msg) if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") => {
+            eprintln!("skipped (KVMBOX_SKIP_VM_TESTS=1): {msg}");
+            return;
+        }
+        Err(msg) => panic!("{msg}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    std::fs::write(&initrd, initramfs().to_bytes()).unwrap();
+    let disk = dir.path().join("disk.img");
+    let original = pattern(DISK_BYTES);
+    std::fs::write(&disk, &original).unwrap();
+    let expected_md5 = md5_hex(&original, dir.path());
+    let stdout_path = dir.path().join("stdout");
+
+    // 120 s by default (the guest kernel is emulated); KVMBOX_VM_TEST_TIMEOUT for loaded CI.
+    let timeout = Duration::from_secs(
+        std::env::var("KVMBOX_VM_TEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120),
+    );
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+        .args(["vm", "boot", "--rng", "--virtio-console", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--disk")
+        .arg(&disk)
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    eprintln!(
+        "boot took {:.1} s; guest output:\n{out}\nstderr:\n{stderr}",
+        start.elapsed().as_secs_f64()
+    );
+    let status = status.unwrap_or_else(|| panic!("VM did not power off within {timeout:?}"));
+    assert_eq!(status.code(), Some(0), "kvmbox failed");
+    assert!(out.contains("DEVICES-DONE"), "init did not finish");
+
+    // Every device is on the virtio bus: block (2), console (3), rng (4).
+    let ids = out
+        .lines()
+        .find_map(|l| l.strip_prefix("VIRTIO-IDS "))
+        .expect("no VIRTIO-IDS line");
+    for id in ["0x0002", "0x0003", "0x0004"] {
+        assert!(ids.contains(id), "device {id} missing from {ids:?}");
+    }
+    // The guest read the host's pattern.
+    let md5_line = out.lines().find(|l| l.starts_with("VDA-MD5 ")).unwrap();
+    assert!(
+        md5_line.contains(&expected_md5),
+        "{md5_line} != {expected_md5}"
+    );
+    assert!(
+        out.contains(&format!("VDA-SIZE {DISK_SECTORS}")),
+        "capacity"
+    );
+    // The guest's write reached the file, padded to a sector, and nothing else changed.
+    assert!(out.contains("VDA-WRITE-OK"));
+    let after = std::fs::read(&disk).unwrap();
+    assert_eq!(after.len(), original.len());
+    let at = 3 * 512;
+    let written = format!("{GUEST_WRITE}\n");
+    assert_eq!(&after[at..at + written.len()], written.as_bytes());
+    assert!(after[at + written.len()..at + 512].iter().all(|&b| b == 0));
+    assert_eq!(&after[..at], &original[..at]);
+    assert_eq!(&after[at + 512..], &original[at + 512..]);
+    // 32 bytes from /dev/hwrng, served by virtio-rng.
+    let rng: String = out
+        .split("HWRNG-BEGIN")
+        .nth(1)
+        .and_then(|r| r.split("HWRNG-END").next())
+        .expect("no HWRNG block")
+        .split_whitespace()
+        .collect();
+    assert_eq!(rng.len(), 64, "{rng}");
+    assert_ne!(rng, "0".repeat(64));
+    assert!(out.contains("HWRNG-CURRENT virtio_rng"), "rng_current");
+    // The virtio console's output reached stdout.
+    assert!(out.contains("hvc0-says-hello"));
+}
+
+#[test]
+fn missing_disk_image_fails_the_build_naming_the_file() {
+    use kvmbox::vmm::builder::VmBuilder;
+    use kvmbox::vmm::config::{DiskConfig, VmConfig};
+    use kvmbox::vmm::timings::BootTimer;
+
+    let mut config = VmConfig::new("/nonexistent/vmlinux");
+    config.disks.push(DiskConfig {
+        path: "/nonexistent/disk.img".into(),
+        read_only: false,
+    });
+    let err = VmBuilder::new(config, BootTimer::new(Instant::now()))
+        .build()
+        .err()
+        .expect("build must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/disk.img"), "{msg}");
+    assert!(msg.contains("virtio-blk"), "{msg}");
+}
+
+#[test]
+fn bad_disk_option_is_one_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+        .args([
+            "vm",
+            "boot",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--disk",
+            "/tmp/x.img,bogus",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("bogus"), "{stderr}");
+}
