@@ -4,8 +4,8 @@ pub mod block;
 pub mod console;
 pub mod desc_chain;
 pub mod mmio;
-pub mod vsock;
 pub mod rng;
+pub mod vsock;
 
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
