@@ -3,9 +3,11 @@
 //! /dev/vda, writes to it, reads /dev/hwrng, writes to /dev/hvc0 and powers off; the host then
 //! checks the printed results and the image file.
 
+mod vm_common;
+
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,35 +17,6 @@ const DISK_SECTORS: usize = 128;
 const DISK_BYTES: usize = DISK_SECTORS * 512;
 /// Written by the guest (with a newline) at byte offset 3 * 512.
 const GUEST_WRITE: &str = "written-by-the-guest";
-
-/// The guest kernel: $KVMBOX_KERNEL, else `kernel-config/build.sh --print-path`.
-fn find_kernel() -> Result<PathBuf, String> {
-    if let Ok(k) = std::env::var("KVMBOX_KERNEL") {
-        let p = PathBuf::from(k);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("KVMBOX_KERNEL={} is not a file", p.display()))
-        };
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-config/build.sh");
-    match Command::new(&script).arg("--print-path").output() {
-        Ok(o) if o.status.success() => {
-            let out = String::from_utf8_lossy(&o.stdout).to_string();
-            let p = PathBuf::from(out.lines().last().unwrap_or("").trim());
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!("{} printed no kernel path", script.display()))
-            }
-        }
-        _ => Err(format!(
-            "no guest kernel built: run `{}` or set KVMBOX_KERNEL=/path/to/vmlinux; set \
-             KVMBOX_SKIP_VM_TESTS=1 to skip VM boot tests",
-            script.display()
-        )),
-    }
-}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 + 5) as u8).collect()
@@ -102,13 +75,8 @@ fn initramfs() -> Initramfs {
 
 #[test]
 fn guest_uses_virtio_blk_rng_and_console() {
-    let kernel = match find_kernel() {
-        Ok(k) => k,
-        Err(msg) if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipped (KVMBOX_SKIP_VM_TESTS=1): {msg}");
-            return;
-        }
-        Err(msg) => panic!("{msg}"),
+    let Some(kernel) = vm_common::guest_kernel() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initramfs.cpio");
@@ -119,13 +87,7 @@ fn guest_uses_virtio_blk_rng_and_console() {
     let expected_md5 = md5_hex(&original, dir.path());
     let stdout_path = dir.path().join("stdout");
 
-    // 120 s by default (the guest kernel is emulated); KVMBOX_VM_TEST_TIMEOUT for loaded CI.
-    let timeout = Duration::from_secs(
-        std::env::var("KVMBOX_VM_TEST_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(120),
-    );
+    let timeout = vm_common::boot_timeout(120);
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
         .args(["vm", "boot", "--rng", "--virtio-console", "--kernel"])

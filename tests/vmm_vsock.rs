@@ -2,9 +2,11 @@
 //! vsock_guest.c, compiled with `gcc -static -Os` here) talks to this test over vsock both ways:
 //! guest → host through `<uds>_6000`, host → guest through `CONNECT 5000` on `<uds>`.
 
+mod vm_common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,44 +15,6 @@ use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, VsockConfig, KVM_P
 use kvmbox::vmm::exit::VmExit;
 use kvmbox::vmm::initramfs::{Entry, Initramfs};
 use kvmbox::vmm::timings::BootTimer;
-
-/// 120 s by default (~25 s on an idle nested-PVM host); KVMBOX_VM_TEST_TIMEOUT (seconds) raises it.
-fn timeout() -> Duration {
-    let secs = std::env::var("KVMBOX_VM_TEST_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
-    Duration::from_secs(secs)
-}
-
-/// The guest kernel: $KVMBOX_KERNEL, else `kernel-config/build.sh --print-path`.
-fn find_kernel() -> Result<PathBuf, String> {
-    if let Ok(k) = std::env::var("KVMBOX_KERNEL") {
-        let p = PathBuf::from(k);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("KVMBOX_KERNEL={} is not a file", p.display()))
-        };
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-config/build.sh");
-    match Command::new(&script).arg("--print-path").output() {
-        Ok(o) if o.status.success() => {
-            let out = String::from_utf8_lossy(&o.stdout);
-            let p = PathBuf::from(out.trim().lines().last().unwrap_or(""));
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!("{} printed no kernel path", script.display()))
-            }
-        }
-        _ => Err(format!(
-            "no guest kernel: set KVMBOX_KERNEL=/path/to/vmlinux or build one with {}; \
-             set KVMBOX_SKIP_VM_TESTS=1 to skip VM boot tests",
-            script.display()
-        )),
-    }
-}
 
 /// Compile the guest helper statically.
 fn build_guest_helper(out: &Path) {
@@ -127,13 +91,8 @@ fn accept_until(
 
 #[test]
 fn guest_and_host_exchange_data_over_vsock_both_ways() {
-    let kernel = match find_kernel() {
-        Ok(k) => k,
-        Err(msg) if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipped (KVMBOX_SKIP_VM_TESTS=1): {msg}");
-            return;
-        }
-        Err(msg) => panic!("{msg}"),
+    let Some(kernel) = vm_common::guest_kernel() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let helper = dir.path().join("vsock_guest");
@@ -153,7 +112,7 @@ fn guest_and_host_exchange_data_over_vsock_both_ways() {
         uds_path: uds.clone(),
     });
     let start = Instant::now();
-    let deadline = start + timeout();
+    let deadline = start + vm_common::boot_timeout(120);
     let vm = std::thread::spawn(move || {
         let machine = VmBuilder::new(config, BootTimer::new(Instant::now()))
             .build()
