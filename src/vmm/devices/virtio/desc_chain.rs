@@ -171,6 +171,32 @@ pub fn drain_queue(
     result
 }
 
+/// The state of an activated device that serves a single queue (block, rng).
+pub struct SingleQueue {
+    /// Guest memory.
+    pub memory: GuestMemoryMmap,
+    /// The device's only queue.
+    pub queue: Queue,
+    /// Raised after adding used buffers.
+    pub interrupt: std::sync::Arc<VirtioInterrupt>,
+}
+
+impl SingleQueue {
+    /// Take queue 0 from an activation; `device` names the device in the error.
+    pub fn activate(ctx: super::ActivateContext, device: &str) -> Result<Self, String> {
+        let queue = ctx
+            .queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{device} needs one queue"))?;
+        Ok(SingleQueue {
+            memory: ctx.memory,
+            queue,
+            interrupt: ctx.interrupt,
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     //! Helpers for device tests: a guest memory and a driver-side mock queue.

@@ -14,14 +14,11 @@ use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use self::disk::Disk;
 use self::request::Outcome;
-use super::desc_chain::{collect_chain, drain_queue};
-use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
-use std::sync::Arc;
+use super::desc_chain::{collect_chain, drain_queue, SingleQueue};
+use super::{ActivateContext, VirtioDevice};
 
 pub use self::disk::DiskError;
 
@@ -39,18 +36,12 @@ const CONFIG_SEG_MAX: usize = 12;
 /// The part of the config space the device fills (capacity, size_max, seg_max).
 const CONFIG_LEN: usize = 16;
 
-struct Active {
-    memory: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio-blk device.
 pub struct Block {
     disk: Disk,
     queue_sizes: [u16; 1],
     config: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     broken: bool,
 }
 
@@ -103,16 +94,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String> {
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| "virtio-blk needs one queue".to_string())?;
-        self.active = Some(Active {
-            memory: ctx.memory,
-            queue,
-            interrupt: ctx.interrupt,
-        });
+        self.active = Some(SingleQueue::activate(ctx, "virtio-blk")?);
         self.broken = false;
         Ok(())
     }

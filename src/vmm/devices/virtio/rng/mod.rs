@@ -4,14 +4,11 @@
 //! with random bytes up to [`MAX_BYTES_PER_REQUEST`] per chain. A chain with a readable buffer or
 //! any other defect is returned with length 0; a queue-level error stops the device until reset.
 
-use std::sync::Arc;
-
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::desc_chain::{collect_chain, drain_queue, Buffer};
-use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use super::desc_chain::{collect_chain, drain_queue, Buffer, SingleQueue};
+use super::{ActivateContext, VirtioDevice};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 64;
@@ -79,16 +76,10 @@ pub fn fill_request(
     Ok(written)
 }
 
-struct Active {
-    memory: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio-rng device.
 pub struct Rng {
     queue_sizes: [u16; 1],
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     broken: bool,
 }
 
@@ -127,16 +118,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String> {
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| "virtio-rng needs one queue".to_string())?;
-        self.active = Some(Active {
-            memory: ctx.memory,
-            queue,
-            interrupt: ctx.interrupt,
-        });
+        self.active = Some(SingleQueue::activate(ctx, "virtio-rng")?);
         self.broken = false;
         Ok(())
     }
@@ -180,6 +162,8 @@ impl VirtioDevice for Rng {
 mod tests {
     use super::*;
     use crate::vmm::devices::virtio::desc_chain::test_util::*;
+    use crate::vmm::devices::virtio::VirtioInterrupt;
+    use std::sync::Arc;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::mock::MockSplitQueue;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
