@@ -452,7 +452,25 @@ fn exec_runs_in_a_running_container() {
     assert!(matches!(body, ResponseBody::Pid { .. }), "{body:?}");
     assert_eq!(read_all(out), "exec-agent-test\n");
     assert_eq!(c.wait(&e1), (0, None));
-    // Delete with force kills the init; its stored status stays available until then.
+    // all=true signals every process of the container's cgroup.
+    assert_eq!(
+        c.ok(&Request::SignalProcess {
+            process: init("ex"),
+            signal: 9,
+            all: true
+        }),
+        ResponseBody::Ok
+    );
+    assert_eq!(c.wait(&init("ex")), (137, Some(9)));
+    let m = c.call(&Request::SignalProcess {
+        process: init("ex"),
+        signal: 9,
+        all: false,
+    });
+    assert!(
+        matches!(&m, Response::Error { message } if message.contains("container ex")),
+        "{m:?}"
+    );
     c.delete("ex");
 }
 
