@@ -262,6 +262,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         other => panic!("the vsock socket should be removed: {other:?}"),
     }
+    eprintln!("serial log:\n{}", serial());
     eprintln!(
         "agent boot: agent answered after {:.1} s, echo done after {:.1} s, powered off after {:.1} s",
         t_agent.as_secs_f64(),
