@@ -95,6 +95,49 @@ pub enum HostEnd {
     Stdio,
     /// The slave of a host pty (its master went to a console socket).
     PtySlave(File),
+    /// Three files (e.g. pipes).
+    Files {
+        /// Read for the process's stdin.
+        stdin: File,
+        /// Receives its stdout (or the TTY's output).
+        stdout: File,
+        /// Receives its stderr.
+        stderr: File,
+    },
+}
+
+impl HostEnd {
+    /// (input, output, error output) writers for the copy threads.
+    #[allow(clippy::type_complexity)]
+    fn split(
+        &self,
+    ) -> std::io::Result<(
+        Box<dyn Read + Send>,
+        Box<dyn Write + Send>,
+        Box<dyn Write + Send>,
+    )> {
+        Ok(match self {
+            HostEnd::Stdio => (
+                Box::new(std::io::stdin()),
+                Box::new(std::io::stdout()),
+                Box::new(std::io::stderr()),
+            ),
+            HostEnd::PtySlave(f) => (
+                Box::new(f.try_clone()?),
+                Box::new(f.try_clone()?),
+                Box::new(f.try_clone()?),
+            ),
+            HostEnd::Files {
+                stdin,
+                stdout,
+                stderr,
+            } => (
+                Box::new(stdin.try_clone()?),
+                Box::new(stdout.try_clone()?),
+                Box::new(stderr.try_clone()?),
+            ),
+        })
+    }
 }
 
 /// Running copy threads; [`Relay::wait_output`] says when the process's output has ended.
@@ -109,31 +152,12 @@ impl Relay {
     pub fn start(streams: ProcessStreams, end: HostEnd) -> std::io::Result<Relay> {
         let (tx, done) = channel();
         let mut outputs = 0;
+        let (input, out, err) = end.split()?;
         if let Some(tty) = streams.tty {
-            let (input, output): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &end {
-                HostEnd::Stdio => (Box::new(std::io::stdin()), Box::new(std::io::stdout())),
-                HostEnd::PtySlave(f) => (Box::new(f.try_clone()?), Box::new(f.try_clone()?)),
-            };
             copy_in(input, tty.try_clone()?, false);
-            copy_out(tty, output, tx.clone());
+            copy_out(tty, out, tx.clone());
             outputs += 1;
         } else {
-            let (input, out, err): (
-                Box<dyn Read + Send>,
-                Box<dyn Write + Send>,
-                Box<dyn Write + Send>,
-            ) = match &end {
-                HostEnd::Stdio => (
-                    Box::new(std::io::stdin()),
-                    Box::new(std::io::stdout()),
-                    Box::new(std::io::stderr()),
-                ),
-                HostEnd::PtySlave(f) => (
-                    Box::new(f.try_clone()?),
-                    Box::new(f.try_clone()?),
-                    Box::new(f.try_clone()?),
-                ),
-            };
             if let Some(stdin) = streams.stdin {
                 copy_in(input, stdin, true);
             }
@@ -343,8 +367,14 @@ pub fn fork_relay(
 ) -> Result<i32, String> {
     let mut keep = streams.raw_fds();
     keep.extend([0, 1, 2]);
-    if let HostEnd::PtySlave(f) = &end {
-        keep.push(f.as_raw_fd());
+    match &end {
+        HostEnd::Stdio => {}
+        HostEnd::PtySlave(f) => keep.push(f.as_raw_fd()),
+        HostEnd::Files {
+            stdin,
+            stdout,
+            stderr,
+        } => keep.extend([stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]),
     }
     // SAFETY: the caller is single-threaded; the child only runs the relay and then _exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork stdio relay: {e}"))? {
@@ -372,7 +402,7 @@ fn relay_child(
             unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCSCTTY, 0) };
             Some(f.as_raw_fd())
         }
-        HostEnd::Stdio => None,
+        _ => None,
     };
     let mut winch = SigSet::empty();
     winch.add(Signal::SIGWINCH);
