@@ -7,4 +7,5 @@ pub mod commands;
 pub mod logging;
 pub mod runtime;
 pub mod shim;
+pub mod vm_launch;
 pub mod vmm;

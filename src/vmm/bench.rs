@@ -19,11 +19,27 @@ pub const INIT_MARKER: &str = "KVMBOX-INIT-REACHED";
 /// /init script that prints `marker`, writes 123 to the boot-timer port 0x3f0 through
 /// /dev/port, and powers off.
 pub fn marker_initramfs(busybox: &Path, marker: &str) -> std::io::Result<Initramfs> {
+    marker_initramfs_holding(busybox, marker, 0)
+}
+
+/// Like [`marker_initramfs`], but the init sleeps `hold_secs` before powering off (a guest
+/// that keeps running, e.g. to measure the VMM's memory or to test stopping it).
+pub fn marker_initramfs_holding(
+    busybox: &Path,
+    marker: &str,
+    hold_secs: u32,
+) -> std::io::Result<Initramfs> {
+    let hold = if hold_secs > 0 {
+        format!("/bin/busybox sleep {hold_secs}\n")
+    } else {
+        String::new()
+    };
     let script = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
          echo {marker}\n\
          /bin/busybox dd if=/boot-mark of=/dev/port bs=1 seek=1008 conv=notrunc\n\
+         {hold}\
          /bin/busybox poweroff -f\n"
     );
     let mut fs = Initramfs::new();
@@ -284,8 +300,161 @@ impl BenchReport {
     }
 }
 
+/// Memory of a running VMM process, from /proc/<pid>/smaps (KiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmmMemory {
+    /// Resident memory excluding the guest RAM mappings.
+    pub rss_kib: u64,
+    /// Proportional set size excluding the guest RAM mappings.
+    pub pss_kib: u64,
+    /// Resident guest RAM (what the guest touched).
+    pub guest_rss_kib: u64,
+}
+
+/// Sum `Rss:`/`Pss:` of an smaps text, putting mappings whose size is one of `guest_sizes_kib`
+/// (the guest RAM regions: anonymous, exactly the region size) aside.
+pub fn vmm_memory_from_smaps(smaps: &str, guest_sizes_kib: &[u64]) -> VmmMemory {
+    let mut m = VmmMemory::default();
+    let mut anonymous = false;
+    let mut guest = false;
+    let kib = |rest: &str| {
+        rest.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // "start-end perms offset dev inode [path]": anonymous when there is no path.
+            anonymous = words.nth(4).is_none();
+            guest = false;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("Size:") {
+            guest = anonymous && guest_sizes_kib.contains(&kib(rest));
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            if guest {
+                m.guest_rss_kib += kib(rest);
+            } else {
+                m.rss_kib += kib(rest);
+            }
+        } else if let Some(rest) = line.strip_prefix("Pss:") {
+            if !guest {
+                m.pss_kib += kib(rest);
+            }
+        }
+    }
+    m
+}
+
+/// [`VmmMemory`] of process `pid` running a guest with `memory_mib` of RAM.
+pub fn vmm_memory(pid: i32, memory_mib: u32) -> std::io::Result<VmmMemory> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let sizes: Vec<u64> = super::layout::ram_ranges(u64::from(memory_mib) << 20)
+        .iter()
+        .map(|(_, size)| size >> 10)
+        .collect();
+    Ok(vmm_memory_from_smaps(&smaps, &sizes))
+}
+
+/// One `kvmbox-vmm` memory measurement.
+#[derive(Debug, Clone)]
+pub struct VmmMemoryRun {
+    /// Memory once the guest reached userspace (and idles in `sleep`).
+    pub memory: VmmMemory,
+    /// Spawn → marker line in the serial log.
+    pub to_marker: Duration,
+    /// The VMM's exit status after SIGTERM.
+    pub status: Option<i32>,
+}
+
+/// Boot `initrd` (an init that prints [`INIT_MARKER`] and then sleeps, see
+/// [`marker_initramfs_holding`]) in a `kvmbox-vmm` process, measure its memory once the
+/// marker appeared, then stop it with SIGTERM.
+pub fn measure_vmm_memory(
+    vmm: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    memory_mib: u32,
+    timeout: Duration,
+) -> std::io::Result<VmmMemoryRun> {
+    let dir = tempfile::tempdir()?;
+    let console = dir.path().join("console.log");
+    let mut vm = VmConfig::new(kernel);
+    vm.initrd = Some(initrd.to_path_buf());
+    vm.memory_mib = memory_mib;
+    vm.serial = super::config::SerialOutput::File(console.clone());
+    vm.cpu_profile = CpuProfile::choose(None, Path::new(KVM_PVM_SYSFS)).profile;
+    let config = super::process::VmmProcessConfig {
+        vm,
+        timings_file: None,
+    };
+    let json = dir.path().join("vm.json");
+    std::fs::write(
+        &json,
+        serde_json::to_vec(&config).map_err(std::io::Error::other)?,
+    )?;
+    let start = Instant::now();
+    let mut child = Command::new(vmm)
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let to_marker = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains(INIT_MARKER) {
+            break start.elapsed();
+        }
+        if child.try_wait()?.is_some() || start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            return Err(std::io::Error::other(format!(
+                "no {INIT_MARKER} within {timeout:?}: {}; console: {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                text.trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let the boot's transient work (initramfs unpacking) settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let memory = vmm_memory(pid, memory_mib)?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait()?.code();
+    Ok(VmmMemoryRun {
+        memory,
+        to_marker,
+        status,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn smaps_split_guest_and_vmm_memory() {
+        let smaps = "55d0-55e0 r-xp 00000000 08:01 123 /usr/bin/kvmbox-vmm\n\
+                     Size:                 64 kB\nRss:                  40 kB\nPss:                  30 kB\n\
+                     7f00-8f00 rw-p 00000000 00:00 0\n\
+                     Size:             131072 kB\nRss:               9000 kB\nPss:               9000 kB\n\
+                     9f00-9f10 rw-p 00000000 00:00 0\n\
+                     Size:                 16 kB\nRss:                  12 kB\nPss:                  12 kB\n";
+        let m = vmm_memory_from_smaps(smaps, &[131072]);
+        assert_eq!(
+            m,
+            VmmMemory {
+                rss_kib: 52,
+                pss_kib: 42,
+                guest_rss_kib: 9000
+            }
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -89,23 +89,26 @@ impl VmBuilder {
 
     /// Create the VM, load the kernel, wire the devices and configure the vCPUs.
     pub fn build(mut self) -> Result<Machine> {
-        if let Some(vsock) = &self.config.vsock {
-            let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)
-                .map_err(|e| dev_err("virtio-vsock", e))?;
-            self.virtio.push(Box::new(device));
-        }
-        let cfg = &self.config;
-        cfg.validate().map_err(VmmError::Config)?;
-        let config_devices = config_virtio_devices(cfg)?;
-        if config_devices.len() + self.virtio.len()
+        self.config.validate().map_err(VmmError::Config)?;
+        let vsock_count = usize::from(self.config.vsock.is_some());
+        let config_devices = config_virtio_devices(&self.config)?;
+        if config_devices.len() + self.virtio.len() + vsock_count
             > (layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1) as usize
         {
             return Err(VmmError::Config("too many virtio devices".into()));
         }
-        let mem_bytes = u64::from(cfg.memory_mib) << 20;
+        let mem_bytes = u64::from(self.config.memory_mib) << 20;
         let vm = Vm::new(mem_bytes, true)?;
         let mem = vm.memory().clone();
-        let kernel = loader::load_kernel(&mem, &cfg.kernel)?;
+        let kernel = loader::load_kernel(&mem, &self.config.kernel)?;
+        // The vsock socket appears only once the kernel loaded: a launcher waiting for it
+        // (vm_launch) then knows the VMM got past the usual failures (KVM, kernel file).
+        if let Some(vsock) = &self.config.vsock {
+            let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)
+                .map_err(|e| dev_err("virtio-vsock", e))?;
+            self.virtio.insert(0, Box::new(device));
+        }
+        let cfg = &self.config;
 
         let exit = ExitSignal::new().map_err(|e| VmmError::sys("exit eventfd", e))?;
         let mut pio = Bus::new();
@@ -324,6 +327,12 @@ pub fn attach_virtio(
 }
 
 impl Machine {
+    /// The signal that ends the VM: setting it (e.g. [`VmExit::Stopped`] on SIGTERM) stops
+    /// [`Machine::run`].
+    pub fn exit_signal(&self) -> ExitSignal {
+        self.ctx.exit.clone()
+    }
+
     /// The final kernel command line.
     pub fn cmdline(&self) -> &str {
         &self.cmdline

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 /// The command line every kvmbox guest starts with (the user's is appended).
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 rodata=off lpj=10000000 tsc=reliable no_timer_check quiet";
@@ -14,7 +16,8 @@ pub const EMULATED_CPU_FLAG: &str = "kvmbox.emulated_cpu";
 pub const KVM_PVM_SYSFS: &str = "/sys/module/kvm_pvm";
 
 /// Guest CPU profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CpuProfile {
     /// Real KVM: the guest sees (and may use) the host CPU features.
     Host,
@@ -64,7 +67,8 @@ impl CpuProfile {
 }
 
 /// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SerialOutput {
     /// The VMM's stdout.
     Stdout,
@@ -75,7 +79,8 @@ pub enum SerialOutput {
 }
 
 /// A virtio-vsock device with the hybrid Unix-socket backend (see docs/devices.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// The guest's context id (>= 3).
     pub guest_cid: u64,
@@ -85,7 +90,8 @@ pub struct VsockConfig {
 }
 
 /// One virtio-blk disk backed by a raw image file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// The image (regular file or block device).
     pub path: PathBuf,
@@ -117,7 +123,8 @@ impl DiskConfig {
 }
 
 /// The virtio console (the guest's hvc0).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     /// Where guest output goes.
     pub output: SerialOutput,
@@ -125,14 +132,17 @@ pub struct ConsoleConfig {
     pub input: bool,
 }
 
-/// Everything needed to build one microVM.
-#[derive(Debug, Clone)]
+/// Everything needed to build one microVM (also the JSON the `kvmbox-vmm` process reads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// ELF vmlinux (PVH entry preferred) or bzImage.
     pub kernel: PathBuf,
     /// Optional initrd (cpio, possibly compressed).
+    #[serde(default)]
     pub initrd: Option<PathBuf>,
     /// Extra command line, appended after [`DEFAULT_CMDLINE`] and the profile flag.
+    #[serde(default)]
     pub extra_cmdline: Option<String>,
     /// Number of vCPUs (1..=32).
     pub vcpus: u8,
@@ -141,16 +151,21 @@ pub struct VmConfig {
     /// Serial console destination.
     pub serial: SerialOutput,
     /// Feed the VMM's stdin to the guest serial port.
+    #[serde(default)]
     pub serial_input: bool,
     /// Guest CPU profile.
     pub cpu_profile: CpuProfile,
     /// Optional virtio-vsock device.
+    #[serde(default)]
     pub vsock: Option<VsockConfig>,
     /// virtio-blk disks, in order (the first is the guest's /dev/vda).
+    #[serde(default)]
     pub disks: Vec<DiskConfig>,
     /// Add a virtio-rng device (the guest's /dev/hwrng).
+    #[serde(default)]
     pub rng: bool,
     /// Add a virtio console (hvc0).
+    #[serde(default)]
     pub console: Option<ConsoleConfig>,
 }
 

@@ -118,10 +118,9 @@ impl Initramfs {
     }
 
     /// Write the archive (entries, then the trailer) to `out`.
-    pub fn write_to<W: Write>(&self, mut out: W) -> io::Result<()> {
-        let mut written = 0u64;
+    pub fn write_to<W: Write>(&self, out: W) -> io::Result<()> {
+        let mut w = CpioWriter::new(out);
         for (i, e) in self.entries.iter().enumerate() {
-            let ino = i as u32 + 1;
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match e {
                 Entry::Dir { mode, .. } => (S_IFDIR | (mode & 0o7777), &[], (0, 0)),
                 Entry::File { mode, data, .. } => (S_IFREG | (mode & 0o7777), data, (0, 0)),
@@ -130,14 +129,16 @@ impl Initramfs {
                     mode, major, minor, ..
                 } => (S_IFCHR | (mode & 0o7777), &[], (*major, *minor)),
             };
-            let nlink = if matches!(e, Entry::Dir { .. }) { 2 } else { 1 };
-            written += write_record(&mut out, ino, mode, nlink, rdev, e.path(), data)?;
+            let header = CpioHeader {
+                ino: i as u32 + 1,
+                mode,
+                nlink: if matches!(e, Entry::Dir { .. }) { 2 } else { 1 },
+                rdev,
+                ..CpioHeader::default()
+            };
+            w.entry(e.path().as_bytes(), &header, data)?;
         }
-        written += write_record(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[])?;
-        // Pad the archive to a 512-byte block like cpio(1) does.
-        let pad = (512 - written % 512) % 512;
-        out.write_all(&vec![0u8; pad as usize])?;
-        out.flush()
+        w.finish()?.flush()
     }
 
     /// The archive as bytes.
@@ -152,50 +153,199 @@ fn pad4(n: u64) -> usize {
     ((4 - n % 4) % 4) as usize
 }
 
-fn write_record<W: Write>(
-    out: &mut W,
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    rdev: (u32, u32),
-    name: &str,
-    data: &[u8],
-) -> io::Result<u64> {
-    if name.is_empty() || name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid cpio member name {name:?}"),
-        ));
+/// The metadata of one newc member (the name and size are given separately).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpioHeader {
+    /// Inode number; members sharing one (with `nlink` >= 2) are hard links.
+    pub ino: u32,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Modification time (seconds since the epoch).
+    pub mtime: u32,
+    /// Device number (major, minor) of a device node.
+    pub rdev: (u32, u32),
+}
+
+/// A streaming cpio newc writer: members go straight to `out` (file data can be copied from a
+/// reader), then [`CpioWriter::finish`] adds the trailer and pads to 512 bytes.
+pub struct CpioWriter<W: Write> {
+    out: W,
+    written: u64,
+}
+
+impl<W: Write> CpioWriter<W> {
+    /// Start an archive on `out`.
+    pub fn new(out: W) -> Self {
+        CpioWriter { out, written: 0 }
     }
-    let filesize = u32::try_from(data.len()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name}: file larger than 4 GiB"),
-        )
-    })?;
-    let header = format!(
-        "070701{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{filesize:08x}\
-         {maj:08x}{min:08x}{rmaj:08x}{rmin:08x}{namesize:08x}{check:08x}",
-        uid = 0,
-        gid = 0,
-        mtime = 0,
-        maj = 0,
-        min = 0,
-        rmaj = rdev.0,
-        rmin = rdev.1,
-        namesize = name.len() + 1,
-        check = 0,
-    );
-    out.write_all(header.as_bytes())?;
-    out.write_all(name.as_bytes())?;
-    out.write_all(&[0])?;
-    let head_len = header.len() as u64 + name.len() as u64 + 1;
-    let p1 = pad4(head_len);
-    out.write_all(&[0u8; 3][..p1])?;
-    out.write_all(data)?;
-    let p2 = pad4(data.len() as u64);
-    out.write_all(&[0u8; 3][..p2])?;
-    Ok(head_len + p1 as u64 + data.len() as u64 + p2 as u64)
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn header(&mut self, name: &[u8], h: &CpioHeader, filesize: u64) -> io::Result<()> {
+        if name.is_empty() || name.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "invalid cpio member name {:?}",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+        let filesize = u32::try_from(filesize).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: file of 4 GiB or more (cpio newc limit)",
+                    String::from_utf8_lossy(name)
+                ),
+            )
+        })?;
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{filesize:08x}\
+             {maj:08x}{min:08x}{rmaj:08x}{rmin:08x}{namesize:08x}{check:08x}",
+            ino = h.ino,
+            mode = h.mode,
+            uid = h.uid,
+            gid = h.gid,
+            nlink = h.nlink,
+            mtime = h.mtime,
+            maj = 0,
+            min = 0,
+            rmaj = h.rdev.0,
+            rmin = h.rdev.1,
+            namesize = name.len() + 1,
+            check = 0,
+        );
+        self.out.write_all(header.as_bytes())?;
+        self.out.write_all(name)?;
+        self.out.write_all(&[0])?;
+        let head_len = header.len() as u64 + name.len() as u64 + 1;
+        let p = pad4(head_len);
+        self.out.write_all(&[0u8; 3][..p])?;
+        self.written += head_len + p as u64;
+        Ok(())
+    }
+
+    fn data_pad(&mut self, len: u64) -> io::Result<()> {
+        let p = pad4(len);
+        self.out.write_all(&[0u8; 3][..p])?;
+        self.written += len + p as u64;
+        Ok(())
+    }
+
+    /// Add a member whose data is `data` (empty for directories and device nodes, the target
+    /// for symlinks).
+    pub fn entry(&mut self, name: &[u8], h: &CpioHeader, data: &[u8]) -> io::Result<()> {
+        self.header(name, h, data.len() as u64)?;
+        self.out.write_all(data)?;
+        self.data_pad(data.len() as u64)
+    }
+
+    /// Add a member whose `size` bytes of data are copied from `data`; fails if `data` ends
+    /// early (e.g. the file shrank while being packed).
+    pub fn entry_from_reader(
+        &mut self,
+        name: &[u8],
+        h: &CpioHeader,
+        size: u64,
+        data: impl io::Read,
+    ) -> io::Result<()> {
+        self.header(name, h, size)?;
+        let copied = io::copy(&mut data.take(size), &mut self.out)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {copied} bytes read, {size} expected (file changed while packing)",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+        self.data_pad(size)
+    }
+
+    /// Write the trailer, pad to a 512-byte block like cpio(1) does; returns `out`.
+    pub fn finish(mut self) -> io::Result<W> {
+        let trailer = CpioHeader {
+            nlink: 1,
+            ..CpioHeader::default()
+        };
+        self.entry(b"TRAILER!!!", &trailer, &[])?;
+        let pad = (512 - self.written % 512) % 512;
+        self.out.write_all(&vec![0u8; pad as usize])?;
+        Ok(self.out)
+    }
+}
+
+/// One member read back by [`parse_newc`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpioMember {
+    /// Member name.
+    pub name: String,
+    /// Metadata.
+    pub header: CpioHeader,
+    /// File data (symlink target for symlinks).
+    pub data: Vec<u8>,
+}
+
+/// Read back one or more concatenated newc archives (as the kernel unpacks an initramfs):
+/// every member in order, the `TRAILER!!!` members included. For tests and diagnostics.
+pub fn parse_newc(mut b: &[u8]) -> io::Result<Vec<CpioMember>> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let mut out = Vec::new();
+    loop {
+        // Zero padding between archives (the kernel skips it too).
+        while b.len() >= 4 && b[..4] == [0, 0, 0, 0] {
+            b = &b[4..];
+        }
+        if b.iter().all(|x| *x == 0) {
+            return Ok(out);
+        }
+        if b.len() < 110 || &b[..6] != b"070701" {
+            return Err(bad(format!("no newc magic after member {}", out.len())));
+        }
+        let field = |i: usize| -> io::Result<u32> {
+            let s = std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i])
+                .map_err(|_| bad("non-ASCII header".into()))?;
+            u32::from_str_radix(s, 16).map_err(|_| bad(format!("bad header field {s:?}")))
+        };
+        let header = CpioHeader {
+            ino: field(0)?,
+            mode: field(1)?,
+            uid: field(2)?,
+            gid: field(3)?,
+            nlink: field(4)?,
+            mtime: field(5)?,
+            rdev: (field(9)?, field(10)?),
+        };
+        let size = field(6)? as usize;
+        let namesize = field(11)? as usize;
+        let name_end = 110 + namesize;
+        if namesize == 0 || b.len() < name_end || b[name_end - 1] != 0 {
+            return Err(bad(format!("bad name after member {}", out.len())));
+        }
+        let name = String::from_utf8_lossy(&b[110..name_end - 1]).into_owned();
+        let data_start = name_end + pad4(name_end as u64);
+        let data_end = data_start + size;
+        if b.len() < data_end {
+            return Err(bad(format!("{name}: truncated data")));
+        }
+        out.push(CpioMember {
+            name,
+            header,
+            data: b[data_start..data_end].to_vec(),
+        });
+        b = &b[(data_end + pad4(size as u64)).min(b.len())..];
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +452,40 @@ mod tests {
         let mut fs = Initramfs::new();
         fs.file("", 0o644, Vec::new());
         assert!(fs.write_to(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn streaming_writer_and_parser_handle_concatenated_archives() {
+        let mut bytes = Initramfs::new().dir("a").to_bytes();
+        let mut w = CpioWriter::new(Vec::new());
+        let h = CpioHeader {
+            ino: 9,
+            mode: S_IFREG | 0o640,
+            uid: 1000,
+            gid: 100,
+            nlink: 2,
+            mtime: 1_700_000_000,
+            rdev: (0, 0),
+        };
+        w.entry_from_reader(b"a/f", &h, 5, &b"hello world"[..])
+            .unwrap();
+        assert!(w
+            .entry_from_reader(b"a/g", &h, 50, &b"short"[..])
+            .unwrap_err()
+            .to_string()
+            .contains("changed while packing"));
+        bytes.extend(CpioWriter::new(Vec::new()).finish().unwrap());
+        let mut w = CpioWriter::new(Vec::new());
+        w.entry_from_reader(b"a/f", &h, 5, &b"hello"[..]).unwrap();
+        bytes.extend(w.finish().unwrap());
+        let members = parse_newc(&bytes).unwrap();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "TRAILER!!!", "TRAILER!!!", "a/f", "TRAILER!!!"]
+        );
+        assert_eq!(members[3].header, h);
+        assert_eq!(members[3].data, b"hello");
+        assert!(parse_newc(b"garbage-that-is-not-cpio").is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod initramfs;
 pub mod layout;
+pub mod process;
 pub mod timings;
 pub mod vcpu;
 pub mod vm;

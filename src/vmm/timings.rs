@@ -15,11 +15,38 @@ struct Marks {
     others: Vec<(u8, Instant)>,
 }
 
+/// Called once when the guest reports userspace (e.g. to write the timings file early).
+type UserspaceHook = Arc<dyn Fn(&BootTimer) + Send + Sync>;
+
 /// Shared, cheap-to-clone boot-time recorder.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BootTimer {
     start: Instant,
     marks: Arc<Mutex<Marks>>,
+    on_userspace: Arc<Mutex<Option<UserspaceHook>>>,
+}
+
+impl std::fmt::Debug for BootTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootTimer")
+            .field("start", &self.start)
+            .field("marks", &self.marks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The boot marks in milliseconds since VMM start (serializable for the timings file).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BootMarks {
+    /// VMM start → first KVM_RUN.
+    pub first_kvm_run_ms: Option<f64>,
+    /// VMM start → first byte on the serial port (the kernel is running).
+    pub first_serial_ms: Option<f64>,
+    /// VMM start → the guest wrote [`USERSPACE_MARK`] to the boot-timer port.
+    pub userspace_ms: Option<f64>,
+    /// Other boot-timer port values and their times.
+    #[serde(default)]
+    pub others: Vec<(u8, f64)>,
 }
 
 impl BootTimer {
@@ -28,7 +55,28 @@ impl BootTimer {
         BootTimer {
             start,
             marks: Arc::new(Mutex::new(Marks::default())),
+            on_userspace: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Call `hook` once, right after the guest reports userspace.
+    pub fn on_userspace(&self, hook: impl Fn(&BootTimer) + Send + Sync + 'static) {
+        *self.on_userspace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// The marks so far, in milliseconds since VMM start.
+    pub fn marks(&self) -> BootMarks {
+        let ms = |t: Option<Instant>| t.map(|t| (t - self.start).as_secs_f64() * 1e3);
+        self.with(|m| BootMarks {
+            first_kvm_run_ms: ms(m.first_kvm_run),
+            first_serial_ms: ms(m.first_serial),
+            userspace_ms: ms(m.userspace),
+            others: m
+                .others
+                .iter()
+                .map(|(v, t)| (*v, (*t - self.start).as_secs_f64() * 1e3))
+                .collect(),
+        })
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Marks) -> R) -> R {
@@ -52,13 +100,28 @@ impl BootTimer {
     /// Record a byte written to the boot-timer port.
     pub fn guest_mark(&self, value: u8) {
         let now = Instant::now();
-        self.with(|m| {
+        let first_userspace = self.with(|m| {
             if value == USERSPACE_MARK {
+                let first = m.userspace.is_none();
                 m.userspace.get_or_insert(now);
-            } else if m.others.len() < 64 {
-                m.others.push((value, now));
+                first
+            } else {
+                if m.others.len() < 64 {
+                    m.others.push((value, now));
+                }
+                false
             }
         });
+        if first_userspace {
+            let hook = self
+                .on_userspace
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(self);
+            }
+        }
     }
 
     /// CLOCK_MONOTONIC (ns) of the first KVM_RUN, comparable across processes.
@@ -144,6 +207,25 @@ mod tests {
         assert!(r.contains("first serial output -"), "{r}");
         assert!(r.contains("mark 7"), "{r}");
         assert!(t.userspace().is_some());
+        let m = t.marks();
+        assert!(m.first_kvm_run_ms.is_some() && m.userspace_ms.is_some());
+        assert_eq!(m.first_serial_ms, None);
+        assert_eq!(m.others.len(), 1);
+    }
+
+    #[test]
+    fn userspace_hook_runs_once() {
+        let t = BootTimer::new(Instant::now());
+        let calls = Arc::new(Mutex::new(0));
+        let c = calls.clone();
+        t.on_userspace(move |timer| {
+            assert!(timer.userspace().is_some());
+            *c.lock().unwrap() += 1;
+        });
+        t.guest_mark(1);
+        t.guest_mark(USERSPACE_MARK);
+        t.guest_mark(USERSPACE_MARK);
+        assert_eq!(*calls.lock().unwrap(), 1);
     }
 
     #[test]
