@@ -19,7 +19,9 @@ use guest_agent::protocol::{
 };
 use oci_spec::runtime::{Process, Spec};
 
-const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "true", "stty", "hostname"];
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "true", "stty", "hostname", "tty",
+];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -91,7 +93,8 @@ impl Agent {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + TIMEOUT;
-        while !sock.exists() {
+        // The socket file appears at bind(), before listen(): wait until a connect succeeds.
+        while UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "the agent did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -452,7 +455,25 @@ fn exec_runs_in_a_running_container() {
     assert!(matches!(body, ResponseBody::Pid { .. }), "{body:?}");
     assert_eq!(read_all(out), "exec-agent-test\n");
     assert_eq!(c.wait(&e1), (0, None));
-    // Delete with force kills the init; its stored status stays available until then.
+    // all=true signals every process of the container's cgroup.
+    assert_eq!(
+        c.ok(&Request::SignalProcess {
+            process: init("ex"),
+            signal: 9,
+            all: true
+        }),
+        ResponseBody::Ok
+    );
+    assert_eq!(c.wait(&init("ex")), (137, Some(9)));
+    let m = c.call(&Request::SignalProcess {
+        process: init("ex"),
+        signal: 9,
+        all: false,
+    });
+    assert!(
+        matches!(&m, Response::Error { message } if message.contains("container ex")),
+        "{m:?}"
+    );
     c.delete("ex");
 }
 
@@ -591,4 +612,46 @@ fn bad_requests_get_one_line_errors_and_leave_nothing() {
         other => panic!("{other:?}"),
     }
     c.delete("dup");
+}
+
+#[test]
+fn exec_with_a_tty_gets_a_pty() {
+    if !is_root() {
+        return;
+    }
+    let a = Agent::start();
+    let mut c = a.control();
+    c.create("extty", a.spec(&["sleep", "30"]), StdioSpec::default());
+    c.start("extty");
+    let e = ProcessRef {
+        container_id: "extty".into(),
+        exec_id: Some("t".into()),
+    };
+    let mut tty = a.stream(&e, StreamKind::Tty);
+    let mut process: Process = a.spec(&["true"]).process().clone().unwrap();
+    process.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "read line; echo got-$line; tty".into(),
+    ]));
+    process.set_terminal(Some(true));
+    let stdio = StdioSpec {
+        terminal: true,
+        ..Default::default()
+    };
+    let body = c.ok(&Request::ExecProcess {
+        id: "extty".into(),
+        exec_id: "t".into(),
+        process: Box::new(process),
+        stdio,
+    });
+    assert!(matches!(body, ResponseBody::Pid { .. }), "{body:?}");
+    tty.write_all(b"typed\n").unwrap();
+    assert_eq!(c.wait(&e), (0, None));
+    let out = read_all(tty);
+    assert!(
+        out.contains("got-typed") && out.contains("/dev/pts/"),
+        "{out:?}"
+    );
+    c.delete("extty");
 }

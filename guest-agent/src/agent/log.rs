@@ -19,9 +19,21 @@ pub fn fd() -> RawFd {
     LOG_FD.load(Ordering::Relaxed)
 }
 
-/// Write one line ("kvmbox-agent: <msg>\n"); errors are ignored (nowhere else to report them).
+/// Seconds since boot (CLOCK_BOOTTIME), to time the guest's steps in the serial log.
+fn uptime() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Write one line ("[uptime] kvmbox-agent: <msg>\n"); errors are ignored (nowhere else to
+/// report them).
 pub fn line(msg: &str) {
-    let text = format!("kvmbox-agent: {msg}\n");
+    let text = format!("[{:9.3}] kvmbox-agent: {msg}\n", uptime());
     // SAFETY: writing a valid buffer to an fd number; a bad fd just fails with EBADF.
     unsafe {
         libc::write(fd(), text.as_ptr().cast(), text.len());

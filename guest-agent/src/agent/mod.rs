@@ -32,7 +32,7 @@ mod stats;
 mod stdio;
 mod streams;
 
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 
 pub use error::AgentError;
@@ -119,12 +119,14 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
             stdio::ensure_stdio_open();
             pid1::switch_root()?;
             pid1::mount_filesystems()?;
-            let console = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/console")
-                .map_err(AgentError::setup("open /dev/console"))?;
-            stdio::redirect_stdio(std::os::fd::AsFd::as_fd(&console));
-            log::set_fd(console.into_raw_fd());
+            // The serial console; without it (no console= device) logs go nowhere.
+            match std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                Ok(console) => {
+                    stdio::redirect_stdio(std::os::fd::AsFd::as_fd(&console));
+                    log::set_fd(console.into_raw_fd());
+                }
+                Err(e) => crate::agent_log!("open /dev/console: {e}"),
+            }
             vec![
                 listen::Listener::vsock(CONTROL_PORT).map_err(AgentError::setup(format!(
                     "listen on vsock port {CONTROL_PORT}"
@@ -155,10 +157,9 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
         cgroup_parent: opts.cgroup_parent.clone(),
         pid1,
     };
-    let first_listener = cfg.listeners[0].fd.as_raw_fd();
     let server = server::Server::new(cfg).map_err(AgentError::setup("start the server"))?;
     crate::agent_log!(
-        "listening ({}), fd {first_listener}",
+        "listening on {}",
         match &opts.mode {
             Mode::Pid1 => format!("vsock ports {CONTROL_PORT} and {STDIO_PORT}"),
             Mode::Unix(p) => p.display().to_string(),
