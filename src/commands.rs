@@ -257,8 +257,9 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
             if args.command.is_empty() {
                 bail!("exec: no command given (use `kvmbox exec ID -- CMD...` or -p process.json)");
             }
-            let info = rt.state(&args.id)?;
-            let mut p = info.record.spec.process().clone().unwrap_or_default();
+            // The stored spec is enough (no status query: in VM mode that is a guest round trip).
+            let record = rt.store().read(&args.id)?;
+            let mut p = record.spec.process().clone().unwrap_or_default();
             p.set_args(Some(args.command.clone()));
             p.set_terminal(Some(false));
             p.set_console_size(None);

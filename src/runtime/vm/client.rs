@@ -17,6 +17,8 @@ use crate::runtime::process::{proc_state, ProcState};
 
 /// Pause between connection attempts while the guest boots.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest wait for one connection attempt (handshake and first answer).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted `OK <n>` line.
 const MAX_OK_LINE: usize = 32;
 
@@ -292,7 +294,9 @@ fn retry_until<T>(
                 log: target.log(),
             });
         }
-        match attempt(left) {
+        // Bounded attempts: a CONNECT the guest does not answer yet must not keep us from
+        // noticing that the VMM died.
+        match attempt(left.min(ATTEMPT_TIMEOUT)) {
             Ok(v) => return Ok(v),
             Err(ProtocolError::Malformed(e)) => {
                 return Err(target.connection_error(ProtocolError::Malformed(e)))

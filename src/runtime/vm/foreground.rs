@@ -125,8 +125,11 @@ impl Foreground {
             id: self.id.clone(),
             err,
         })?;
+        tracing::debug!(id = self.id, "process exited: {body:?}");
         if !self.relay.wait_output(Some(OUTPUT_GRACE)) {
             tracing::debug!(id = self.id, "output did not end within the grace period");
+        } else {
+            tracing::debug!(id = self.id, "output ended");
         }
         let _ = self.signals.thread_unblock();
         match body {

@@ -22,8 +22,10 @@ use crate::vm_launch::{self, VmOptions};
 
 /// How long `delete` waits for the VMM to power off before it SIGKILLs it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for a SIGKILLed VMM to exit.
+/// How long to wait for a SIGKILLed relay to exit.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a VMM gets after SIGTERM before SIGKILL (it only has to stop its vCPUs).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Upper bound of the agent timeout used by `delete` (the VM is going away anyway).
 const DELETE_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,7 +125,7 @@ pub fn create(
     let cgroup_path = resolve_cgroup_path(&bundle.spec, id, &bundle.dir.join(CONFIG_FILE))?;
     let vm_opts = VmOptions {
         kernel: settings.kernel.clone(),
-        cpu_profile: None,
+        ..VmOptions::default()
     };
     let launch_err = |err| RuntimeError::VmLaunch {
         id: id.to_string(),
@@ -170,8 +172,6 @@ fn boot_and_create(
         vm_launch::build_initrd(plan, id, &bundle.rootfs, dir.path()).map_err(launch_err)?;
     let vm = vm_launch::launch(plan, &initrd, dir.path()).map_err(launch_err)?;
     vmm.pid = vm.pid;
-    // The initrd is in the guest's memory now.
-    let _ = std::fs::remove_file(&initrd);
     let vmm_start = start_time(vm.pid).unwrap_or(0);
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let mut record = ContainerRecord {
@@ -210,6 +210,8 @@ fn boot_and_create(
     let target = target_of(&record)?;
     tracing::debug!(id, pid = vm.pid, "VMM launched; waiting for the agent");
     let mut client = AgentClient::connect(&target).map_err(agent_err(id))?;
+    // The guest runs from its initramfs now: the file is no longer needed.
+    let _ = std::fs::remove_file(&initrd);
     let hooks = |pick: fn(&Hooks) -> &Option<Vec<Hook>>| hooks_of(&bundle.spec, pick);
     let state = record.oci_state(Status::Creating);
     for (kind, list) in [
@@ -351,21 +353,13 @@ impl VmmGuard {
 
     fn stop(&mut self) {
         if self.pid > 0 {
-            stop_vmm(self.pid, Duration::ZERO);
-            // It is our child: reap it.
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+            // SIGTERM, SIGKILL after a moment; it is our child, so this also reaps it.
+            if let Err(e) = vm_launch::stop(self.pid, STOP_GRACE) {
+                tracing::warn!("rollback: {e}");
+            }
             self.pid = 0;
         }
     }
-}
-
-/// SIGKILL the VMM after `grace` (if it has not exited by then) and wait for it to exit.
-fn stop_vmm(pid: i32, grace: Duration) -> bool {
-    if !grace.is_zero() && wait_exited(pid, grace) {
-        return true;
-    }
-    let _ = send_signal(pid, libc::SIGKILL);
-    wait_exited(pid, KILL_TIMEOUT)
 }
 
 /// The status of a VM container: stopped once its VMM is gone, creating until `create`
@@ -504,19 +498,17 @@ fn shutdown_vm(record: &ContainerRecord) {
         let _ = client.request_ok(&Request::Shutdown);
         Some(())
     });
-    let grace = if polite.is_some() {
-        SHUTDOWN_TIMEOUT
-    } else {
-        Duration::ZERO
-    };
-    if !stop_vmm(record.pid, grace) {
-        tracing::warn!(id, pid = record.pid, "the VMM did not exit after SIGKILL");
+    if polite.is_some() && wait_exited(record.pid, SHUTDOWN_TIMEOUT) {
+        // Reap it when we are its parent (foreground run); harmless otherwise.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(record.pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        return;
     }
-    // When we are its parent (foreground run), reap it.
-    let _ = nix::sys::wait::waitpid(
-        nix::unistd::Pid::from_raw(record.pid),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
+    if let Err(e) = vm_launch::stop(record.pid, STOP_GRACE) {
+        tracing::warn!(id, "{e}");
+    }
 }
 
 /// A process started by `exec`, with its streams still in our hands.
@@ -568,6 +560,7 @@ pub fn exec(
         _ => None,
     };
     let streams = ProcessStreams::open(&target, &process_ref, terminal).map_err(agent_err(id))?;
+    tracing::debug!(id, "exec: streams open");
     let body = client
         .request(&Request::ExecProcess {
             id: id.clone(),

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{IoSlice, IsTerminal, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -53,6 +53,22 @@ impl ProcessStreams {
                 stderr: None,
             });
         }
+        // Three guest round trips in parallel (each costs a vsock connection in a slow guest).
+        // The threads are joined here: a caller that forks afterwards is single-threaded again.
+        let (stdin, stdout, stderr) = std::thread::scope(|s| {
+            let open = |kind| s.spawn(move || open_stream(target, process, kind));
+            let (i, o, e) = (
+                open(StreamKind::Stdin),
+                open(StreamKind::Stdout),
+                open(StreamKind::Stderr),
+            );
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<UnixStream, AgentError>>| {
+                h.join().unwrap_or_else(|_| {
+                    Err(AgentError::Unexpected("stream opener panicked".into()))
+                })
+            };
+            (join(i), join(o), join(e))
+        });
         Ok(ProcessStreams {
             spec: StdioSpec {
                 terminal: false,
@@ -61,9 +77,9 @@ impl ProcessStreams {
                 stderr: true,
             },
             tty: None,
-            stdin: Some(open_stream(target, process, StreamKind::Stdin)?),
-            stdout: Some(open_stream(target, process, StreamKind::Stdout)?),
-            stderr: Some(open_stream(target, process, StreamKind::Stderr)?),
+            stdin: Some(stdin?),
+            stdout: Some(stdout?),
+            stderr: Some(stderr?),
         })
     }
 
@@ -445,8 +461,9 @@ fn close_other_fds(keep: &[RawFd]) {
         .filter(|fd| !keep.contains(fd))
         .collect();
     for fd in fds {
-        // SAFETY: closing an fd this process does not use any more.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: closing an fd nothing in this process uses any more (EBADF for the
+        // directory's own fd, already closed, is harmless).
+        unsafe { libc::close(fd) };
     }
 }
 
