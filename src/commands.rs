@@ -416,7 +416,8 @@ fn exec_vm_foreground(rt: &Runtime, args: &ExecArgs, process: &mut Process) -> R
     let streams = execed
         .streams
         .unwrap_or_else(crate::runtime::vm::stdio::ProcessStreams::none);
-    Ok(Foreground::begin(&args.id, &execed.target, &execed.process, streams)?.wait()?)
+    let fg = Foreground::begin(&args.id, &execed.target, &execed.process, streams)?;
+    Ok(fg.wait_on(Some(execed.client))?)
 }
 
 fn ps(rt: &Runtime, args: &PsArgs) -> Result<()> {

@@ -277,7 +277,7 @@ fn lifecycle_exec_and_memory_limit() {
     let Some(vm) = Vm::new() else { return };
     let b = vm.bundle("echo started; exec sleep 1000");
     b.edit(|c| {
-        c["linux"]["resources"]["memory"] = json!({"limit": 48 << 20});
+        c["linux"]["resources"]["memory"] = json!({"limit": 16 << 20});
         let mounts = c["mounts"].as_array_mut().unwrap();
         mounts.push(
             json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
@@ -327,18 +327,14 @@ fn lifecycle_exec_and_memory_limit() {
     assert_eq!(out.stdout, "piped through\n", "{out}");
     let out = exec(&["cat", "/sys/fs/cgroup/memory.max"], None);
     out.ok();
-    assert_eq!(out.stdout.trim(), (48u64 << 20).to_string(), "{out}");
+    assert_eq!(out.stdout.trim(), (16u64 << 20).to_string(), "{out}");
     let ps = vm.kvmbox(&["ps", "--format", "json", &id], None);
     ps.ok();
     let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap();
     assert!(!pids.is_empty(), "{ps}");
-    // The shell doubles a string until the cgroup limit is hit: the guest OOM-kills it.
+    // dd's 64 MiB buffer cannot fit under the 16 MiB limit: the guest OOM-kills it.
     let out = exec(
-        &[
-            "sh",
-            "-c",
-            "a=0123456789abcdef; while :; do a=\"$a$a\"; done",
-        ],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
         None,
     );
     out.code(137);

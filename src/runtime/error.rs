@@ -63,7 +63,7 @@ pub enum RuntimeError {
         /// Container id.
         id: String,
         /// What failed.
-        err: crate::vm_launch::VmLaunchError,
+        err: Box<crate::vm_launch::VmLaunchError>,
         /// Where the console log of the failed boot was kept (the state dir is removed).
         kept_log: Option<PathBuf>,
     },
@@ -73,7 +73,7 @@ pub enum RuntimeError {
         /// Container id.
         id: String,
         /// What failed (names the console log).
-        err: crate::runtime::vm::client::AgentError,
+        err: Box<crate::runtime::vm::client::AgentError>,
     },
     /// An invalid request (e.g. a terminal without a console socket).
     #[error("{0}")]

@@ -73,8 +73,14 @@ impl Foreground {
 
     /// Wait for the process to exit, forwarding signals; returns its shell-style status
     /// (128+n for signal n, 137 when the guest OOM-killed it).
-    pub fn wait(mut self) -> Result<i32> {
-        let exited = spawn_waiter(self.target.clone(), self.process.clone());
+    pub fn wait(self) -> Result<i32> {
+        self.wait_on(None)
+    }
+
+    /// [`Foreground::wait`], sending WaitProcess on `client` (a connection already open)
+    /// instead of a new one.
+    pub fn wait_on(mut self, client: Option<AgentClient>) -> Result<i32> {
+        let exited = spawn_waiter(self.target.clone(), self.process.clone(), client);
         let mut resizer = Resizer::new(self.target.clone(), self.process.clone());
         let mut signaller: Option<AgentClient> = None;
         if self.terminal {
@@ -123,7 +129,7 @@ impl Foreground {
         };
         let body = result.map_err(|err| RuntimeError::Agent {
             id: self.id.clone(),
-            err,
+            err: Box::new(err),
         })?;
         tracing::debug!(id = self.id, "process exited: {body:?}");
         if !self.relay.wait_output(Some(OUTPUT_GRACE)) {
@@ -145,7 +151,7 @@ impl Foreground {
             ResponseBody::Exited { status, .. } => Ok(status),
             other => Err(RuntimeError::Agent {
                 id: self.id.clone(),
-                err: AgentError::Unexpected(format!("{other:?}")),
+                err: Box::new(AgentError::Unexpected(format!("{other:?}"))),
             }),
         }
     }
@@ -155,11 +161,15 @@ impl Foreground {
 fn spawn_waiter(
     target: AgentTarget,
     process: ProcessRef,
+    client: Option<AgentClient>,
 ) -> Receiver<std::result::Result<ResponseBody, AgentError>> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        let result = AgentClient::connect(&target)
-            .and_then(|mut c| c.request(&Request::WaitProcess { process }));
+        let result = match client {
+            Some(c) => Ok(c),
+            None => AgentClient::connect(&target),
+        }
+        .and_then(|mut c| c.request(&Request::WaitProcess { process }));
         let _ = tx.send(result);
     });
     rx

@@ -90,7 +90,7 @@ pub fn init_ref(id: &str) -> ProcessRef {
 fn agent_err(id: &str) -> impl Fn(AgentError) -> RuntimeError + '_ {
     move |err| RuntimeError::Agent {
         id: id.to_string(),
-        err,
+        err: Box::new(err),
     }
 }
 
@@ -129,7 +129,7 @@ pub fn create(
     };
     let launch_err = |err| RuntimeError::VmLaunch {
         id: id.to_string(),
-        err,
+        err: Box::new(err),
         kept_log: None,
     };
     let mut plan = vm_launch::plan(&bundle.spec, &vm_opts).map_err(launch_err)?;
@@ -165,7 +165,7 @@ fn boot_and_create(
 ) -> Result<Created> {
     let launch_err = |err| RuntimeError::VmLaunch {
         id: id.to_string(),
-        err,
+        err: Box::new(err),
         kept_log: None,
     };
     let initrd =
@@ -199,13 +199,10 @@ fn boot_and_create(
     // `delete --force` can find.
     dir.write(&record)?;
     if vmm_start == 0 {
-        return Err(RuntimeError::Agent {
-            id: id.to_string(),
-            err: AgentError::VmmGone {
-                pid: vm.pid,
-                log: super::console_log::ConsoleLog::read(&vm.serial_log),
-            },
-        });
+        return Err(agent_err(id)(AgentError::VmmGone {
+            pid: vm.pid,
+            log: super::console_log::ConsoleLog::read(&vm.serial_log),
+        }));
     }
     let target = target_of(&record)?;
     tracing::debug!(id, pid = vm.pid, "VMM launched; waiting for the agent");
@@ -329,7 +326,7 @@ fn keep_console_log(err: RuntimeError, dir: &ContainerDir, id: &str) -> RuntimeE
     match err {
         RuntimeError::Agent { id, err } => RuntimeError::Agent {
             id,
-            err: err.with_log_path(&kept),
+            err: Box::new(err.with_log_path(&kept)),
         },
         RuntimeError::VmLaunch { id, err, .. } => RuntimeError::VmLaunch {
             id,
@@ -522,6 +519,8 @@ pub struct Execed {
     pub guest_pid: i32,
     /// Its streams (None once handed to a forked relay).
     pub streams: Option<ProcessStreams>,
+    /// The control connection that started it (reusable for WaitProcess).
+    pub client: AgentClient,
 }
 
 /// `exec`: start `process` in the container. With `console_socket` (a TTY) or `detach`, a
@@ -573,7 +572,6 @@ pub fn exec(
         ResponseBody::Pid { pid } => pid,
         other => return Err(agent_err(id)(AgentError::Unexpected(format!("{other:?}")))),
     };
-    drop(client);
     let mut streams = Some(streams);
     if detach || pty.is_some() {
         let end = match pty {
@@ -589,6 +587,7 @@ pub fn exec(
         process: process_ref,
         guest_pid,
         streams,
+        client,
     })
 }
 
