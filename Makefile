@@ -2,16 +2,26 @@
 
 CARGO   ?= cargo
 RELEASE := target/release/kvmbox
+# The guest agent (the microVM's /init) is linked statically for the guest (docs/vmm.md).
+AGENT_TARGET ?= x86_64-unknown-linux-gnu
+AGENT        := target/$(AGENT_TARGET)/release/kvmbox-agent
 BENCH_RUNS ?= 20
 BENCH_OUT  ?= target/bench
 
-.PHONY: all build demo test lint fmt bench bench-containerd clean-demo
+.PHONY: all build agent demo test lint fmt bench bench-containerd clean-demo
 
 all: build
 
-## build: release build of the whole workspace
-build:
-	$(CARGO) build --release --workspace
+## build: release build of kvmbox, kvmbox-vmm and the shim, plus the static guest agent
+# (-p kvmbox: a plain workspace build would also put a dynamically linked kvmbox-agent next to
+# kvmbox, where the runtime looks for the agent first)
+build: agent
+	$(CARGO) build --release -p kvmbox --bins
+
+## agent: the guest agent, statically linked (crt-static), at $(AGENT)
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -p guest-agent --release \
+	  --bin kvmbox-agent --target $(AGENT_TARGET)
 
 ## demo: the same busybox bundle as a microVM and as a namespace container: outputs and times
 # (the guest kernel comes from kernel-config/build.sh's cache, built on first use; the static

@@ -3,7 +3,8 @@
 //!
 //! Agent order: `KVMBOX_AGENT`, the config file's `agent`, `kvmbox-agent` next to the current
 //! executable, then `<exe dir>/../x86_64-unknown-linux-gnu/release/kvmbox-agent` (cargo's
-//! target/ layout). VMM order: `KVMBOX_VMM`, the spec's `vm.hypervisor.path`, the config
+//! target/ layout); a dynamically linked candidate (e.g. from a plain `cargo build`) is
+//! skipped, and a dynamically linked explicit one is an error. VMM order: `KVMBOX_VMM`, the spec's `vm.hypervisor.path`, the config
 //! file's `vmm`, then `kvmbox-vmm` next to the current executable. For test binaries in
 //! `target/<profile>/deps/`, the parent directory counts as "next to the executable" too.
 
@@ -38,6 +39,32 @@ fn exe_dirs(exe: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether `path` is an ELF64 executable with a program interpreter (dynamically linked): such
+/// an agent cannot run as the guest's /init, which has no libc.
+pub fn is_dynamic_elf(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut eh = [0u8; 64];
+    if f.read_exact(&mut eh).is_err() || &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return false;
+    }
+    let phoff = u64::from_le_bytes(eh[32..40].try_into().unwrap_or_default());
+    let phentsize = u16::from_le_bytes([eh[54], eh[55]]) as usize;
+    let phnum = u16::from_le_bytes([eh[56], eh[57]]) as usize;
+    if phentsize < 4 || phnum > 256 || f.seek(SeekFrom::Start(phoff)).is_err() {
+        return false;
+    }
+    let mut ph = vec![0u8; phentsize * phnum];
+    if f.read_exact(&mut ph).is_err() {
+        return false;
+    }
+    ph.chunks(phentsize)
+        .any(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) == PT_INTERP)
+}
+
 /// An explicitly named binary must exist.
 fn explicit(path: &Path, what: &str, from: &str) -> Result<PathBuf, String> {
     if path.is_file() {
@@ -57,11 +84,25 @@ pub fn find_agent(
     current_exe: Option<&Path>,
 ) -> Result<PathBuf, VmLaunchError> {
     let missing = |msg: String| VmLaunchError::AgentMissing(format!("{msg}; {AGENT_BUILD_HINT}"));
+    let static_only = |p: PathBuf| {
+        if is_dynamic_elf(&p) {
+            Err(missing(format!(
+                "guest agent {} is dynamically linked (the guest has no libc)",
+                p.display()
+            )))
+        } else {
+            Ok(p)
+        }
+    };
     if let Some(p) = env {
-        return explicit(p, "guest agent", AGENT_ENV).map_err(missing);
+        return explicit(p, "guest agent", AGENT_ENV)
+            .map_err(missing)
+            .and_then(static_only);
     }
     if let Some(p) = configured {
-        return explicit(p, "guest agent", "config file agent").map_err(missing);
+        return explicit(p, "guest agent", "config file agent")
+            .map_err(missing)
+            .and_then(static_only);
     }
     let mut candidates = Vec::new();
     for dir in current_exe.map(exe_dirs).unwrap_or_default() {
@@ -70,12 +111,16 @@ pub fn find_agent(
             candidates.push(up.join("x86_64-unknown-linux-gnu/release").join(AGENT_NAME));
         }
     }
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+    // A dynamically linked kvmbox-agent (from a plain `cargo build`) is skipped.
+    if let Some(found) = candidates
+        .iter()
+        .find(|p| p.is_file() && !is_dynamic_elf(p))
+    {
         return Ok(found.clone());
     }
     let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
     Err(missing(format!(
-        "guest agent {AGENT_NAME} not found ({AGENT_ENV} unset; looked in: {})",
+        "static guest agent {AGENT_NAME} not found ({AGENT_ENV} unset; looked in: {})",
         if looked.is_empty() {
             "nothing, the current executable is unknown".to_string()
         } else {
@@ -156,6 +201,29 @@ mod tests {
         // A test binary in deps/ finds it one level up.
         let test_exe = t.join("release/deps/vm_launch-1234");
         assert_eq!(find_agent(None, None, Some(&test_exe)).unwrap(), next);
+    }
+
+    #[test]
+    fn dynamic_agents_are_refused() {
+        // This test binary itself is dynamically linked (PT_INTERP).
+        let exe = std::env::current_exe().unwrap();
+        assert!(is_dynamic_elf(&exe));
+        if Path::new("/bin/busybox").exists() {
+            assert!(!is_dynamic_elf(Path::new("/bin/busybox")), "busybox-static");
+        }
+        let err = find_agent(Some(&exe), None, None).unwrap_err().to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("release/kvmbox");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(&exe, d.path().join("release/kvmbox-agent")).unwrap();
+        let err = find_agent(None, None, Some(&bin)).unwrap_err().to_string();
+        assert!(err.contains("static guest agent"), "{err}");
+        let static_agent = touch(
+            &d.path()
+                .join("x86_64-unknown-linux-gnu/release/kvmbox-agent"),
+        );
+        assert_eq!(find_agent(None, None, Some(&bin)).unwrap(), static_agent);
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub mod plan;
 pub use crate::vmm::config::CpuProfile;
 pub use error::VmLaunchError;
 pub use initrd::{build_initrd, guest_rootfs_path};
-pub use launch::{is_alive, launch, stop, StopOutcome, VmProcess};
+pub use launch::{is_alive, launch, stop, StopOutcome, VmFiles, VmProcess};
 pub use plan::{plan, VmOptions, VmPlan};

@@ -176,14 +176,14 @@ pub fn check_kvm(device: &Path) -> Result<(), VmLaunchError> {
     }
 }
 
-fn annotation<T: std::str::FromStr>(
+fn annotation<T>(
     spec: &Spec,
     key: &str,
     range: std::ops::RangeInclusive<T>,
     what: &str,
 ) -> Result<Option<T>, VmLaunchError>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let Some(value) = spec.annotations().as_ref().and_then(|a| a.get(key)) else {
         return Ok(None);
