@@ -655,3 +655,38 @@ fn exec_with_a_tty_gets_a_pty() {
     );
     c.delete("extty");
 }
+
+/// CPU time (user + system, clock ticks) of `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_hung_up_tty_stream_does_not_make_the_agent_spin() {
+    if !is_root() {
+        return;
+    }
+    let a = Agent::start();
+    let mut c = a.control();
+    let tty = a.stream(&init("hup"), StreamKind::Tty);
+    let mut spec = a.spec(&["sleep", "30"]);
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    spec.set_process(Some(p));
+    let stdio = StdioSpec {
+        terminal: true,
+        ..Default::default()
+    };
+    c.create("hup", spec, stdio);
+    c.start("hup");
+    drop(tty);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(a.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(a.child.id()) - before;
+    assert!(used < 20, "the agent used {used} ticks in 1 s while idle");
+    c.delete("hup");
+}

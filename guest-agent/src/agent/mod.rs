@@ -117,6 +117,7 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
     let listeners = match &opts.mode {
         Mode::Pid1 => {
             stdio::ensure_stdio_open();
+            crate::agent_log!("starting as PID 1");
             pid1::switch_root()?;
             pid1::mount_filesystems()?;
             // The serial console; without it (no console= device) logs go nowhere.

@@ -56,14 +56,15 @@ impl Relay {
         })
     }
 
-    /// poll(2) events wanted on (master, stream).
+    /// poll(2) events wanted on (master, stream); 0 = nothing to do on that side (the caller
+    /// then leaves it out of the poll set, so a hung-up side cannot make poll spin).
     pub fn interest(&self) -> (i16, i16) {
         let mut m = 0;
         let mut s = 0;
         if self.master_open && self.to_stream.len() < BUF_CAP {
             m |= libc::POLLIN;
         }
-        if !self.to_master.is_empty() {
+        if self.master_open && !self.to_master.is_empty() {
             m |= libc::POLLOUT;
         }
         if self.stream_in_open && self.to_master.len() < BUF_CAP {

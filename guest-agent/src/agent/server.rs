@@ -197,8 +197,10 @@ impl Server {
         }
         for (id, r) in &self.relays {
             let (m, s) = r.interest();
-            add(r.master.as_raw_fd(), m, Token::RelayMaster(*id));
-            add(r.stream.as_raw_fd(), s, Token::RelayStream(*id));
+            // A negative fd is ignored by poll(2).
+            let fd_if = |fd: RawFd, ev: i16| if ev == 0 { -1 } else { fd };
+            add(fd_if(r.master.as_raw_fd(), m), m, Token::RelayMaster(*id));
+            add(fd_if(r.stream.as_raw_fd(), s), s, Token::RelayStream(*id));
         }
         (fds, tokens)
     }
