@@ -24,13 +24,9 @@ agent:
 	  --bin kvmbox-agent --target $(AGENT_TARGET)
 
 ## demo: the same busybox bundle as a microVM and as a namespace container: outputs and times
-# (the guest kernel comes from kernel-config/build.sh's cache, built on first use; the static
-# guest agent is built here if `build` did not)
-DEMO_AGENT := target/x86_64-unknown-linux-gnu/release/kvmbox-agent
+# (the guest kernel comes from kernel-config/build.sh's cache, built on first use)
 demo: build
 	@set -eu; \
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build -q -p guest-agent --release \
-	  --bin kvmbox-agent --target x86_64-unknown-linux-gnu; \
 	kernel=$$(kernel-config/build.sh | tail -1); \
 	t=$$(mktemp -d /tmp/kvmbox-demo.XXXXXX); \
 	trap 'rm -rf "$$t"' EXIT; \
@@ -59,7 +55,7 @@ demo: build
 	for mode in vm namespace; do \
 	  echo "== $$mode: $(RELEASE) --isolation $$mode run --bundle $$t/bundle demo-$$mode-$$$$"; \
 	  start=$$(date +%s%N); \
-	  if KVMBOX_KERNEL="$$kernel" KVMBOX_AGENT="$(CURDIR)/$(DEMO_AGENT)" \
+	  if KVMBOX_KERNEL="$$kernel" KVMBOX_AGENT="$(CURDIR)/$(AGENT)" \
 	     $(RELEASE) --root "$$t/state" --isolation $$mode run --bundle "$$t/bundle" \
 	     "demo-$$mode-$$$$" > "$$t/$$mode.out" 2> "$$t/$$mode.err" < /dev/null; then \
 	    code=0; else code=$$?; fi; \
