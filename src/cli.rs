@@ -58,6 +58,10 @@ pub struct Cli {
         env = "KVMBOX_ISOLATION"
     )]
     pub isolation: Isolation,
+    /// With `--isolation vm`: seconds to wait for the guest agent to answer (boot included);
+    /// default from the config file or the built-in default.
+    #[arg(long = "agent-timeout", global = true, value_name = "SECS")]
+    pub agent_timeout: Option<u64>,
     /// Accepted for runc compatibility; kvmbox manages cgroupfs directly.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,
@@ -130,6 +134,10 @@ pub struct CreateArgs {
     /// Pass this many extra file descriptors (3..3+N) to the container process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
+    /// With `--isolation vm`: the guest kernel (overrides the spec's vm.kernel.path, the config
+    /// file, KVMBOX_KERNEL and the build cache).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
 }
 
 /// `run`.

@@ -17,6 +17,9 @@ use crate::cli::{
 };
 use crate::logging::{self, LogTarget};
 use crate::runtime::console::ConsoleListener;
+use crate::runtime::vm::foreground::Foreground;
+use crate::runtime::vm::lifecycle::{exec as vm_exec, init_ref, target_of};
+use crate::runtime::vm::VmSettings;
 use crate::runtime::{
     bundle, features, parse_signal, spec, Bundle, CreateOptions, ExecOptions, Isolation, Runtime,
     RuntimeError, Status,
@@ -56,7 +59,7 @@ fn one_line(msg: &str) -> String {
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {
-    let rt = Runtime::new(&cli.root, cli.isolation);
+    let rt = Runtime::new(&cli.root, cli.isolation).with_vm_settings(vm_settings(cli));
     match &cli.command {
         Command::Create(args) => create(&rt, args).map(|_| 0),
         Command::Start(args) => rt.start(&args.id).map(|()| 0).map_err(Into::into),
@@ -93,6 +96,19 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     }
 }
 
+/// The `--isolation vm` settings of the command line.
+fn vm_settings(cli: &Cli) -> VmSettings {
+    let kernel = match &cli.command {
+        Command::Create(args) => args.kernel.clone(),
+        Command::Run(args) => args.create.kernel.clone(),
+        _ => None,
+    };
+    VmSettings {
+        kernel,
+        agent_timeout: cli.agent_timeout.map(Duration::from_secs),
+    }
+}
+
 fn create_options<'a>(args: &'a CreateArgs, console: Option<&'a Path>) -> CreateOptions<'a> {
     CreateOptions {
         bundle: &args.bundle,
@@ -121,6 +137,9 @@ fn wants_terminal(rt_isolation: Isolation, bundle: &Path) -> bool {
 }
 
 fn run(rt: &Runtime, args: &RunArgs) -> Result<i32> {
+    if rt.isolation() == Isolation::Vm && !args.detach {
+        return run_vm_foreground(rt, args);
+    }
     let c = &args.create;
     let private_console = if !args.detach
         && c.console_socket.is_none()
@@ -177,6 +196,50 @@ fn run(rt: &Runtime, args: &RunArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// `run` of a microVM container in the foreground: create (the init's streams stay with us),
+/// relay our stdio, start, wait for the exit status, delete unless --keep.
+fn run_vm_foreground(rt: &Runtime, args: &RunArgs) -> Result<i32> {
+    let c = &args.create;
+    let created =
+        rt.create_vm_foreground(&c.id, &create_options(c, c.console_socket.as_deref()))?;
+    let record = created.record;
+    let outcome = (|| -> Result<i32> {
+        let target = target_of(&record)?;
+        let Some(streams) = created.streams else {
+            // A --console-socket pty: a forked relay holds it; we only wait.
+            rt.start(&c.id)?;
+            return Ok(wait_vm_process(&target, &c.id)?);
+        };
+        let fg = Foreground::begin(&c.id, &target, &init_ref(&c.id), streams)?;
+        rt.start(&c.id)?;
+        Ok(fg.wait()?)
+    })();
+    match outcome {
+        Ok(code) => {
+            if !args.keep {
+                rt.delete(&c.id, true)
+                    .with_context(|| format!("container {} exited with {code}", c.id))?;
+            }
+            Ok(code)
+        }
+        Err(e) => {
+            if let Err(d) = rt.delete(&c.id, true) {
+                tracing::warn!("cleanup of {}: {d}", c.id);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Wait for a guest process whose stdio a forked relay holds.
+fn wait_vm_process(
+    target: &crate::runtime::vm::AgentTarget,
+    id: &str,
+) -> crate::runtime::error::Result<i32> {
+    let none = crate::runtime::vm::stdio::ProcessStreams::none();
+    Foreground::begin(id, target, &init_ref(id), none)?.wait()
+}
+
 /// Remove a container whose run failed half-way, and reap its init.
 fn cleanup(rt: &Runtime, id: &str, pid: i32) {
     if let Err(e) = rt.delete(id, true) {
@@ -194,8 +257,9 @@ fn exec_process(rt: &Runtime, args: &ExecArgs) -> Result<Process> {
             if args.command.is_empty() {
                 bail!("exec: no command given (use `kvmbox exec ID -- CMD...` or -p process.json)");
             }
-            let info = rt.state(&args.id)?;
-            let mut p = info.record.spec.process().clone().unwrap_or_default();
+            // The stored spec is enough (no status query: in VM mode that is a guest round trip).
+            let record = rt.store().read(&args.id)?;
+            let mut p = record.spec.process().clone().unwrap_or_default();
             p.set_args(Some(args.command.clone()));
             p.set_terminal(Some(false));
             p.set_console_size(None);
@@ -278,6 +342,9 @@ fn apply_exec_flags(process: &mut Process, args: &ExecArgs) -> Result<()> {
 
 fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
     let mut process = exec_process(rt, args)?;
+    if rt.store().read(&args.id)?.isolation == Isolation::Vm && !args.detach {
+        return exec_vm_foreground(rt, args, &mut process);
+    }
     let terminal = process.terminal().unwrap_or(false);
     let private_console = if terminal && args.console_socket.is_none() && !args.detach {
         if let Some(size) = tty::terminal_size() {
@@ -326,11 +393,44 @@ fn exec(rt: &Runtime, args: &ExecArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// `exec` into a microVM container in the foreground: relay our stdio (raw mode and window
+/// size for a TTY) and exit with the process's status.
+fn exec_vm_foreground(rt: &Runtime, args: &ExecArgs, process: &mut Process) -> Result<i32> {
+    if args.preserve_fds > 0 {
+        bail!(
+            "container {}: --preserve-fds is not supported with --isolation vm",
+            args.id
+        );
+    }
+    if process.terminal().unwrap_or(false) && args.console_socket.is_none() {
+        if let Some(size) = tty::terminal_size() {
+            process.set_console_size(Some(size));
+        }
+    }
+    let record = rt.store().read(&args.id)?;
+    let execed = vm_exec(&record, process, args.console_socket.as_deref(), false)?;
+    if let Some(pid_file) = &args.pid_file {
+        crate::runtime::lifecycle::write_pid_file(pid_file, execed.guest_pid)?;
+    }
+    // Without streams (a --console-socket pty), a forked relay holds the stdio: only wait.
+    let streams = execed
+        .streams
+        .unwrap_or_else(crate::runtime::vm::stdio::ProcessStreams::none);
+    let fg = Foreground::begin(&args.id, &execed.target, &execed.process, streams)?;
+    Ok(fg.wait_on(Some(execed.client))?)
+}
+
 fn ps(rt: &Runtime, args: &PsArgs) -> Result<()> {
     let pids = rt.ps(&args.id)?;
     if args.format == ListFormat::Json {
         print_stdout(&serde_json::to_string(&pids)?)?;
         return Ok(());
+    }
+    if rt.store().read(&args.id)?.isolation == Isolation::Vm {
+        // Guest pids: the host's ps(1) cannot see them.
+        let mut lines = vec!["PID".to_string()];
+        lines.extend(pids.iter().map(|p| p.to_string()));
+        return print_stdout(&lines.join("\n"));
     }
     let ps_args: Vec<String> = if args.ps_args.is_empty() {
         vec!["-ef".into()]

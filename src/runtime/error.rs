@@ -57,14 +57,24 @@ pub enum RuntimeError {
     /// A signal name or number that is not recognised.
     #[error("invalid signal {0:?}")]
     InvalidSignal(String),
-    /// `--isolation vm` requested but the microVM runtime does not exist yet.
-    #[error(
-        "--isolation vm is not available yet: the microVM runtime is not built; use --isolation namespace"
-    )]
-    VmUnavailable,
-    /// A container stored with vm isolation cannot be handled by this build.
-    #[error("container {0} uses --isolation vm, which this build cannot operate")]
-    VmContainer(String),
+    /// The container's microVM could not be planned, built or launched.
+    #[error("container {id}: {err}{kept}", kept = describe_kept_log(.kept_log))]
+    VmLaunch {
+        /// Container id.
+        id: String,
+        /// What failed.
+        err: Box<crate::vm_launch::VmLaunchError>,
+        /// Where the console log of the failed boot was kept (the state dir is removed).
+        kept_log: Option<PathBuf>,
+    },
+    /// Talking to the container's guest agent failed.
+    #[error("container {id}: {err}")]
+    Agent {
+        /// Container id.
+        id: String,
+        /// What failed (names the console log).
+        err: Box<crate::runtime::vm::client::AgentError>,
+    },
     /// An invalid request (e.g. a terminal without a console socket).
     #[error("{0}")]
     Invalid(String),
@@ -124,6 +134,13 @@ impl RuntimeError {
             id: id.to_string(),
             err: source,
         }
+    }
+}
+
+fn describe_kept_log(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("; the guest console log was kept as {}", p.display()),
+        None => String::new(),
     }
 }
 

@@ -24,6 +24,8 @@ use super::error::{Result, RuntimeError};
 use super::id::validate_id;
 use super::process::{start_time, wait_exited};
 use super::state::{ContainerRecord, StateStore};
+use super::vm::lifecycle as vm;
+use super::vm::{InitStdio, VmSettings};
 use super::Isolation;
 
 /// How long `delete --force` waits for a SIGKILLed container to exit.
@@ -34,6 +36,7 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Runtime {
     store: StateStore,
     isolation: Isolation,
+    vm: VmSettings,
 }
 
 /// Options of [`Runtime::create`].
@@ -144,7 +147,22 @@ impl Runtime {
         Runtime {
             store: StateStore::new(root),
             isolation,
+            vm: VmSettings::default(),
         }
+    }
+
+    /// The same runtime with command-line settings for `--isolation vm` (kernel, agent timeout).
+    pub fn with_vm_settings(mut self, vm: VmSettings) -> Self {
+        self.vm = vm;
+        self
+    }
+
+    /// Create a `--isolation vm` container whose init's stdio the caller relays (foreground
+    /// `run`): like [`Runtime::create`], but the streams are returned instead of being handed
+    /// to a forked relay process.
+    pub fn create_vm_foreground(&self, id: &str, opts: &CreateOptions<'_>) -> Result<vm::Created> {
+        validate_id(id)?;
+        vm::create(&self.store, &self.vm, id, opts, InitStdio::Foreground)
     }
 
     /// The isolation model new containers get.
@@ -162,7 +180,8 @@ impl Runtime {
     pub fn create(&self, id: &str, opts: &CreateOptions<'_>) -> Result<ContainerRecord> {
         validate_id(id)?;
         if self.isolation == Isolation::Vm {
-            return Err(RuntimeError::VmUnavailable);
+            return vm::create(&self.store, &self.vm, id, opts, InitStdio::Detached)
+                .map(|c| c.record);
         }
         let bundle = Bundle::load(opts.bundle)?;
         let config = bundle.dir.join(super::bundle::CONFIG_FILE);
@@ -226,6 +245,7 @@ impl Runtime {
             created,
             exec_fifo,
             spec: bundle.spec.clone(),
+            vm: None,
         };
         dir.write(&record)?;
         if let Some(pid_file) = opts.pid_file {
@@ -243,7 +263,9 @@ impl Runtime {
         validate_id(id)?;
         let dir = self.store.lock(id)?;
         let record = dir.read()?;
-        self.check_isolation(&record)?;
+        if record.isolation == Isolation::Vm {
+            return vm::start(&record);
+        }
         match record.status() {
             Status::Created => {}
             Status::Stopped => {
@@ -283,7 +305,10 @@ impl Runtime {
     pub fn state(&self, id: &str) -> Result<ContainerInfo> {
         validate_id(id)?;
         let record = self.store.read(id)?;
-        let status = record.status();
+        let status = match record.isolation {
+            Isolation::Namespace => record.status(),
+            Isolation::Vm => vm::status(&record)?,
+        };
         Ok(ContainerInfo {
             owner: self.store.owner(id),
             record,
@@ -297,7 +322,9 @@ impl Runtime {
         validate_id(id)?;
         let dir = self.store.lock(id)?;
         let record = dir.read()?;
-        self.check_isolation(&record)?;
+        if record.isolation == Isolation::Vm {
+            return vm::kill(&record, signal, all);
+        }
         if record.status() == Status::Stopped {
             return Err(RuntimeError::NotRunning(id.to_string()));
         }
@@ -340,7 +367,9 @@ impl Runtime {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
         let record = dir.read()?;
-        self.check_isolation(&record)?;
+        if record.isolation == Isolation::Vm {
+            return vm::delete(dir, &record, force);
+        }
         match record.status() {
             Status::Stopped => {}
             Status::Running | Status::Creating if !force => {
@@ -369,10 +398,6 @@ impl Runtime {
         validate_id(id)?;
         let dir = self.store.lock(id)?;
         let record = dir.read()?;
-        self.check_isolation(&record)?;
-        if record.status() == Status::Stopped {
-            return Err(RuntimeError::NotRunning(id.to_string()));
-        }
         if opts.process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(RuntimeError::Invalid(format!(
                 "container {id}: exec needs a command"
@@ -382,6 +407,22 @@ impl Runtime {
             return Err(RuntimeError::Invalid(format!(
                 "container {id}: a terminal was requested but no console socket was given"
             )));
+        }
+        if record.isolation == Isolation::Vm {
+            if opts.preserve_fds > 0 {
+                return Err(RuntimeError::Invalid(format!(
+                    "container {id}: --preserve-fds is not supported with --isolation vm"
+                )));
+            }
+            // Detached: a forked relay holds our stdio; the pid is the guest's.
+            let execed = vm::exec(&record, opts.process, opts.console_socket, true)?;
+            if let Some(pid_file) = opts.pid_file {
+                write_pid_file(pid_file, execed.guest_pid)?;
+            }
+            return Ok(execed.guest_pid);
+        }
+        if record.status() == Status::Stopped {
+            return Err(RuntimeError::NotRunning(id.to_string()));
         }
         let request = ExecRequest {
             container_pid: record.pid,
@@ -407,7 +448,9 @@ impl Runtime {
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         validate_id(id)?;
         let record = self.store.read(id)?;
-        self.check_isolation(&record)?;
+        if record.isolation == Isolation::Vm {
+            return vm::ps(&record);
+        }
         if record.status() == Status::Stopped {
             return Err(RuntimeError::NotRunning(id.to_string()));
         }
@@ -428,13 +471,6 @@ impl Runtime {
             }
         }
         Ok(out)
-    }
-
-    fn check_isolation(&self, record: &ContainerRecord) -> Result<()> {
-        match record.isolation {
-            Isolation::Namespace => Ok(()),
-            Isolation::Vm => Err(RuntimeError::VmContainer(record.id.clone())),
-        }
     }
 }
 
@@ -558,16 +594,13 @@ mod tests {
     }
 
     #[test]
-    fn vm_isolation_is_refused_before_touching_anything() {
+    fn vm_create_with_a_bad_bundle_touches_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         let rt = Runtime::new(&root, Isolation::Vm);
         let opts = CreateOptions::new(Path::new("/nonexistent"));
         let err = rt.create("c", &opts).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "--isolation vm is not available yet: the microVM runtime is not built; use --isolation namespace"
-        );
+        assert!(err.starts_with("bundle /nonexistent"), "{err}");
         assert!(!root.exists());
     }
 
@@ -631,6 +664,7 @@ mod tests {
             created: "2026-12-01T00:00:00Z".into(),
             exec_fifo: dir.exec_fifo(),
             spec: Default::default(),
+            vm: None,
         };
         dir.write(&record).unwrap();
         drop(dir);
@@ -652,16 +686,20 @@ mod tests {
     }
 
     #[test]
-    fn vm_containers_are_refused() {
+    fn vm_container_with_a_dead_vmm_is_stopped_and_deletable() {
         let tmp = tempfile::tempdir().unwrap();
         let rt = Runtime::new(tmp.path(), Isolation::Namespace);
         let mut dir = rt.store().claim("v").unwrap();
         dir.keep();
+        let mut vmm = std::process::Command::new("true").spawn().unwrap();
+        let pid = vmm.id() as i32;
+        let pid_start_time = start_time(pid).unwrap_or(1);
+        vmm.wait().unwrap();
         let record = ContainerRecord {
             id: "v".into(),
             isolation: Isolation::Vm,
-            pid: std::process::id() as i32,
-            pid_start_time: start_time(std::process::id() as i32).unwrap(),
+            pid,
+            pid_start_time,
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
             cgroup_path: "/kvmbox/v".into(),
@@ -669,13 +707,29 @@ mod tests {
             created: "2026-12-01T00:00:00Z".into(),
             exec_fifo: dir.exec_fifo(),
             spec: Default::default(),
+            vm: Some(crate::runtime::state::VmRecord {
+                vsock_uds: dir.path().join("vsock.sock"),
+                console_log: dir.path().join("console.log"),
+                agent_timeout_ms: 1000,
+                created: true,
+                relay_pid: 0,
+                relay_start_time: 0,
+            }),
         };
         dir.write(&record).unwrap();
         drop(dir);
-        let err = rt.kill("v", 0, false).unwrap_err().to_string();
+        let info = rt.state("v").unwrap();
+        assert_eq!(info.status, Status::Stopped);
+        assert_eq!(info.state_output().pid, 0);
         assert_eq!(
-            err,
-            "container v uses --isolation vm, which this build cannot operate"
+            rt.kill("v", 9, false).unwrap_err().to_string(),
+            "container v is not running"
         );
+        assert_eq!(
+            rt.ps("v").unwrap_err().to_string(),
+            "container v is not running"
+        );
+        rt.delete("v", false).unwrap();
+        assert!(!rt.store().dir("v").exists());
     }
 }

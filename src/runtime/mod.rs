@@ -12,6 +12,7 @@ pub mod process;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod vm;
 
 pub use crate::cli::Isolation;
 pub use bundle::Bundle;

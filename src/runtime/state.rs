@@ -56,6 +56,35 @@ pub struct ContainerRecord {
     pub exec_fifo: PathBuf,
     /// The container's spec, as loaded at create time.
     pub spec: Spec,
+    /// The microVM of a `--isolation vm` container (None in namespace mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRecord>,
+}
+
+/// What kvmbox remembers about the microVM of a `--isolation vm` container. The record's
+/// `pid`/`pid_start_time` are the VMM process's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The VMM's hybrid-vsock Unix socket (`<state>/vsock.sock`).
+    pub vsock_uds: PathBuf,
+    /// The guest serial console log (`<state>/console.log`).
+    pub console_log: PathBuf,
+    /// How long a command waits for the agent to answer.
+    #[serde(default = "default_agent_timeout_ms")]
+    pub agent_timeout_ms: u64,
+    /// The container finished creating in the guest (false while `create` still runs).
+    #[serde(default)]
+    pub created: bool,
+    /// The host process relaying the init's stdio (0 = none), with its start time.
+    #[serde(default)]
+    pub relay_pid: i32,
+    /// Start time of `relay_pid` (against PID reuse).
+    #[serde(default)]
+    pub relay_start_time: u64,
+}
+
+fn default_agent_timeout_ms() -> u64 {
+    30_000
 }
 
 impl ContainerRecord {
@@ -404,6 +433,7 @@ mod tests {
             created: "2026-12-01T00:00:00Z".into(),
             exec_fifo: fifo,
             spec: Spec::default(),
+            vm: None,
         }
     }
 

@@ -1,0 +1,478 @@
+//! End-to-end tests of `kvmbox --isolation vm`: real microVMs booting the project's guest
+//! kernel with kvmbox-agent as PID 1 (root, /dev/kvm).
+//!
+//! A boot takes 15–60 s on this nested host, so the tests are few, each boots at most one VM
+//! and checks several things in it, and they run one at a time (a lock shared by every test
+//! of this binary and a file lock against other `cargo test` processes). They skip, saying so,
+//! when `KVMBOX_SKIP_VM_TESTS=1` and no kernel or agent is built.
+
+mod common;
+mod vm_common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Bundle, Harness, Outcome};
+use serde_json::{json, Value};
+
+/// One VM test at a time within this binary.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A test's world: the harness (temp dir, bundles), the kernel, its own `--root`, and the
+/// locks serialising VM tests.
+struct Vm {
+    h: Harness,
+    kernel: PathBuf,
+    root: PathBuf,
+    timeout: Duration,
+    _file_lock: fs::File,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Vm {
+    /// None (after saying why) when the VM tests cannot run here and may be skipped.
+    fn new() -> Option<Vm> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let kernel = vm_common::guest_kernel()?;
+        if let Err(msg) = find_agent() {
+            if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") {
+                eprintln!("skipped (KVMBOX_SKIP_VM_TESTS=1): {msg}");
+                return None;
+            }
+            panic!("{msg}");
+        }
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("kvmbox-vm-e2e.lock"))
+            .expect("open the VM test lock file");
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let h = Harness::new();
+        let root = h.dir().join("vm-state");
+        Some(Vm {
+            h,
+            kernel,
+            root,
+            timeout: vm_common::boot_timeout(240),
+            _file_lock: lock,
+            _serial: serial,
+        })
+    }
+
+    /// A busybox bundle running `sh -c script`, with a small memory limit (the VM is sized
+    /// from it).
+    fn bundle(&self, script: &str) -> Bundle {
+        let b = self.h.bundle(&["sh", "-c", script]);
+        b.edit(|c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+        });
+        b
+    }
+
+    /// `kvmbox --isolation vm --root R <args>` with `stdin` as input.
+    fn kvmbox(&self, args: &[&str], stdin: Option<&str>) -> Outcome {
+        self.kvmbox_with(&[], args, stdin)
+    }
+
+    fn kvmbox_with(&self, globals: &[&str], args: &[&str], stdin: Option<&str>) -> Outcome {
+        let mut full: Vec<String> = vec![
+            "--root".into(),
+            self.root.display().to_string(),
+            "--isolation".into(),
+            "vm".into(),
+        ];
+        full.extend(globals.iter().map(|s| s.to_string()));
+        full.extend(args.iter().map(|s| s.to_string()));
+        run_with_input(
+            &full,
+            self.h.dir(),
+            stdin,
+            self.timeout,
+            &[("KVMBOX_KERNEL", &self.kernel)],
+        )
+    }
+
+    fn state(&self, id: &str) -> Value {
+        let out = self.kvmbox(&["state", id], None);
+        out.ok();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state {id}: {e}\n{out}"))
+    }
+
+    /// Poll `state` until `status` (panics after 30 s).
+    fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.state(id);
+            if st["status"] == status {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never became {status}: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Nothing of container `id` is left: no state dir, no VMM or relay process.
+    fn assert_no_leftovers(&self, id: &str) {
+        let dir = self.root.join(id);
+        assert!(!dir.exists(), "state dir {} left behind", dir.display());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = processes_mentioning(&dir.display().to_string(), id);
+            if procs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of {id} left: {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The static agent: `KVMBOX_AGENT` or cargo's target dir.
+fn find_agent() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("KVMBOX_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_kvmbox"));
+    let dir = exe.parent().expect("exe dir");
+    for p in [
+        dir.join("kvmbox-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/release/kvmbox-agent"),
+    ] {
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err("no static kvmbox-agent built: run `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p guest-agent --release --bin kvmbox-agent --target x86_64-unknown-linux-gnu` (make test does) or set KVMBOX_AGENT".into())
+}
+
+/// Run kvmbox with `args`, feeding `stdin` (closed stdin if None); stdout/stderr go to files
+/// (a relay may outlive the command holding them). Fails the test after `timeout`.
+fn run_with_input(
+    args: &[String],
+    cwd: &Path,
+    stdin: Option<&str>,
+    timeout: Duration,
+    env: &[(&str, &Path)],
+) -> Outcome {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let exe = env!("CARGO_BIN_EXE_kvmbox");
+    let command = format!("kvmbox {}", args.join(" "));
+    let out_path = cwd.join(format!(".vm-out-{n}"));
+    let err_path = cwd.join(format!(".vm-err-{n}"));
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+            panic!("{command} timed out after {timeout:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |p: &Path| {
+        let mut s = String::new();
+        let _ = fs::File::open(p).and_then(|mut f| f.read_to_string(&mut s));
+        let _ = fs::remove_file(p);
+        s
+    };
+    eprintln!(
+        "[{:>6.1}s] {command} → {:?}",
+        start.elapsed().as_secs_f32(),
+        status.code()
+    );
+    Outcome {
+        command,
+        code: status.code(),
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    }
+}
+
+/// Live (non-zombie) processes whose command line mentions `a` or `b`, except ourselves.
+fn processes_mentioning(a: &str, b: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me || common::is_zombie_or_gone(pid) {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(a) || cmdline.contains(b) {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+/// `run`: output and exit status, stdin piped through, stdout and stderr kept apart.
+#[test]
+fn run_relays_stdio_and_exit_status() {
+    let Some(vm) = Vm::new() else { return };
+    let b =
+        vm.bundle("read line; echo \"hello $line from $(uname -r)\"; echo to-stderr >&2; exit 7");
+    let id = vm.h.id("vmrun");
+    let started = Instant::now();
+    let out = vm.kvmbox(
+        &["run", "--bundle", b.dir.to_str().unwrap(), &id],
+        Some("world\n"),
+    );
+    eprintln!("run end to end: {:.1}s", started.elapsed().as_secs_f32());
+    out.code(7);
+    assert!(out.stdout.starts_with("hello world from "), "{out}");
+    assert!(out.stderr.contains("to-stderr"), "{out}");
+    assert!(!out.stdout.contains("to-stderr"), "{out}");
+    vm.assert_no_leftovers(&id);
+}
+
+/// create/start/state/exec/ps/kill/delete of one VM container, with checks of exit codes,
+/// a signal exit, stdin, the cgroup v2 memory limit in the guest and an OOM kill (137).
+#[test]
+fn lifecycle_exec_and_memory_limit() {
+    let Some(vm) = Vm::new() else { return };
+    let b = vm.bundle("echo started; exec sleep 1000");
+    b.edit(|c| {
+        c["linux"]["resources"]["memory"] = json!({"limit": 16 << 20});
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                           "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        );
+    });
+    let id = vm.h.id("vmlife");
+    let bundle = b.dir.to_str().unwrap();
+    let pid_file = vm.h.dir().join("vmm.pid");
+    vm.kvmbox(
+        &[
+            "create",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ],
+        None,
+    )
+    .ok();
+    let st = vm.state(&id);
+    assert_eq!(st["status"], "created", "{st}");
+    let vmm_pid = st["pid"].as_i64().unwrap();
+    assert!(vmm_pid > 0);
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), vmm_pid.to_string());
+    let cmdline = fs::read_to_string(format!("/proc/{vmm_pid}/cmdline")).unwrap();
+    assert!(
+        cmdline.contains("kvmbox-vmm"),
+        "state.pid is not the VMM: {cmdline:?}"
+    );
+    vm.kvmbox(&["start", &id], None).ok();
+    vm.wait_status(&id, "running");
+
+    let exec = |args: &[&str], stdin: Option<&str>| {
+        let mut full = vec!["exec", id.as_str(), "--"];
+        full.extend_from_slice(args);
+        vm.kvmbox(&full, stdin)
+    };
+    let out = exec(&["echo", "hi from exec"], None);
+    out.ok();
+    assert_eq!(out.stdout, "hi from exec\n", "{out}");
+    exec(&["sh", "-c", "exit 7"], None).code(7);
+    exec(&["sh", "-c", "kill -TERM $$"], None).code(128 + 15);
+    let out = exec(&["cat"], Some("piped through\n"));
+    out.ok();
+    assert_eq!(out.stdout, "piped through\n", "{out}");
+    let out = exec(&["cat", "/sys/fs/cgroup/memory.max"], None);
+    out.ok();
+    assert_eq!(out.stdout.trim(), (16u64 << 20).to_string(), "{out}");
+    let ps = vm.kvmbox(&["ps", "--format", "json", &id], None);
+    ps.ok();
+    let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap();
+    assert!(!pids.is_empty(), "{ps}");
+    // dd's 64 MiB buffer cannot fit under the 16 MiB limit: the guest OOM-kills it.
+    let out = exec(
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        None,
+    );
+    out.code(137);
+    assert!(out.stderr.to_lowercase().contains("oom"), "{out}");
+
+    vm.kvmbox(&["delete", &id], None)
+        .error_line(&["running", "--force"]);
+    vm.kvmbox(&["kill", &id, "KILL"], None).ok();
+    vm.wait_status(&id, "stopped");
+    vm.kvmbox(&["delete", &id], None).ok();
+    vm.assert_no_leftovers(&id);
+    assert!(common::is_zombie_or_gone(vmm_pid as i32));
+}
+
+/// The VMM killed with SIGKILL: `state` says stopped, `kill` says not running, `delete
+/// --force` cleans up.
+#[test]
+fn sigkilled_vmm_is_stopped_and_force_deletable() {
+    let Some(vm) = Vm::new() else { return };
+    let b = vm.bundle("sleep 1000");
+    let id = vm.h.id("vmkill");
+    vm.kvmbox(
+        &["run", "-d", "--bundle", b.dir.to_str().unwrap(), &id],
+        None,
+    )
+    .ok();
+    let st = vm.wait_status(&id, "running");
+    let vmm_pid = st["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = vm.wait_status(&id, "stopped");
+    assert_eq!(st["pid"], 0, "{st}");
+    vm.kvmbox(&["kill", &id, "TERM"], None)
+        .error_line(&["not running", &id]);
+    vm.kvmbox(&["delete", "--force", &id], None).ok();
+    vm.assert_no_leftovers(&id);
+}
+
+/// Failures before or during boot: each is one error line naming what to look at, and leaves
+/// nothing behind.
+#[test]
+fn boot_failures_are_explained_and_leave_nothing() {
+    let Some(vm) = Vm::new() else { return };
+    let b = vm.bundle("true");
+    let bundle = b.dir.to_str().unwrap();
+
+    // Kernel missing.
+    let id = vm.h.id("vmnokernel");
+    vm.kvmbox(
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--bundle",
+            bundle,
+            &id,
+        ],
+        None,
+    )
+    .error_line(&["/nonexistent/vmlinux", "build"]);
+    vm.assert_no_leftovers(&id);
+
+    // No /dev/kvm: an empty file bind-mounted over it in a private mount namespace.
+    let id = vm.h.id("vmnokvm");
+    let empty = vm.h.dir().join("not-kvm");
+    fs::write(&empty, "").unwrap();
+    let script = format!("mount --bind {} /dev/kvm && exec \"$@\"", empty.display());
+    let mut args = vec![
+        "-m".to_string(),
+        "sh".into(),
+        "-c".into(),
+        script,
+        "sh".into(),
+        env!("CARGO_BIN_EXE_kvmbox").into(),
+        "--root".into(),
+        vm.root.display().to_string(),
+        "--isolation".into(),
+        "vm".into(),
+    ];
+    args.extend(["run", "--bundle", bundle, &id].map(String::from));
+    let out = Command::new("unshare")
+        .args(&args)
+        .env("KVMBOX_KERNEL", &vm.kernel)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = Outcome {
+        command: format!("unshare {}", args.join(" ")),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    out.error_line(&["/dev/kvm"]);
+    vm.assert_no_leftovers(&id);
+
+    // The agent does not answer in time (1 s is far less than a boot): the error names the
+    // console log.
+    let id = vm.h.id("vmtimeout");
+    let out = vm.kvmbox_with(
+        &["--agent-timeout", "1"],
+        &["run", "--bundle", bundle, &id],
+        None,
+    );
+    out.error_line(&["did not answer within 1", "console.log"]);
+    vm.assert_no_leftovers(&id);
+
+    // The guest panics: an "agent" that cannot run (its interpreter does not exist) leaves
+    // the kernel without an init.
+    let id = vm.h.id("vmpanic");
+    let bad_agent = vm.h.dir().join("bad-agent");
+    fs::write(&bad_agent, "#!/nonexistent/interpreter\n").unwrap();
+    fs::set_permissions(
+        &bad_agent,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--root",
+        vm.root.to_str().unwrap(),
+        "--isolation",
+        "vm",
+        "run",
+        "--bundle",
+        bundle,
+        &id,
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = run_with_input(
+        &args,
+        vm.h.dir(),
+        None,
+        vm.timeout,
+        &[("KVMBOX_KERNEL", &vm.kernel), ("KVMBOX_AGENT", &bad_agent)],
+    );
+    out.error_line(&["vmm", "console.log", "panic"]);
+    vm.assert_no_leftovers(&id);
+}
