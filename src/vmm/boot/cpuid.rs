@@ -9,6 +9,7 @@ use crate::vmm::error::{Result, VmmError};
 
 // Leaf 1 ECX/EDX bits.
 const ECX_POPCNT: u32 = 1 << 23;
+const ECX_XSAVE: u32 = 1 << 26;
 const ECX_OSXSAVE: u32 = 1 << 27;
 const ECX_AVX: u32 = 1 << 28;
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -28,44 +29,27 @@ pub fn base_cpuid(kvm: &Kvm, profile: CpuProfile) -> Result<CpuId> {
     Ok(cpuid)
 }
 
-/// XSAVE state components the emulated profile lets the guest enable in XCR0: x87 and SSE.
-const XCR0_X87_SSE: u32 = 0b11;
-/// XSAVE area size for x87 + SSE: the 512-byte legacy region plus the 64-byte header.
-const XSAVE_SIZE_X87_SSE: u32 = 576;
-
 /// Hide what KVM's instruction emulator cannot execute when guest kernel code is emulated
-/// (SMAP's clac/stac, POPCNT, AVX*, the XSAVE instructions). On the nested-PVM host the guest
-/// reads the host CPUID anyway, so the guest kernel clears the same features itself when it sees
+/// (SMAP's clac/stac, XSAVE, POPCNT, AVX*). On the nested-PVM host the guest reads the host
+/// CPUID anyway, so the guest kernel clears the same features itself when it sees
 /// `kvmbox.emulated_cpu`; setting them here keeps the VMM's view honest and covers hosts
 /// that do honour KVM_SET_CPUID2.
-///
-/// XSAVE itself stays, with leaf 0xD offering only x87|SSE and no XSAVEOPT/XSAVEC/XSAVES: the
-/// guest kernel sets CR4.OSXSAVE and XCR0 = x87|SSE (kernel patch 0013), so that guest user
-/// mode, which runs natively, is not given AVX/AVX-512 state that the kernel (FXSAVE only)
-/// cannot context-switch. KVM refuses both writes unless its CPUID has XSAVE and leaf 0xD
-/// allows SSE state. See docs/vmm.md, "Guest SIGSEGV in pipelines".
 pub fn filter_for_profile(cpuid: &mut CpuId, profile: CpuProfile) {
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
                 e.ecx |= ECX_HYPERVISOR;
                 if profile == CpuProfile::Emulated {
-                    e.ecx &= !(ECX_POPCNT | ECX_OSXSAVE | ECX_AVX);
+                    e.ecx &= !(ECX_POPCNT | ECX_XSAVE | ECX_OSXSAVE | ECX_AVX);
                 }
             }
             7 if e.index == 0 && profile == CpuProfile::Emulated => {
                 e.ebx &= !(EBX_SMAP | EBX_SMEP | EBX_AVX2 | EBX_AVX512F);
             }
             0xd if profile == CpuProfile::Emulated => {
-                if e.index == 0 && e.eax & XCR0_X87_SSE == XCR0_X87_SSE {
-                    e.eax = XCR0_X87_SSE;
-                    e.ebx = XSAVE_SIZE_X87_SSE;
-                    e.ecx = XSAVE_SIZE_X87_SSE;
-                } else {
-                    e.eax = 0;
-                    e.ebx = 0;
-                    e.ecx = 0;
-                }
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
                 e.edx = 0;
             }
             _ => {}
@@ -138,8 +122,6 @@ mod tests {
     use super::*;
     use kvm_bindings::kvm_cpuid_entry2;
 
-    const ECX_XSAVE: u32 = 1 << 26;
-
     fn sample() -> CpuId {
         let entries = [
             kvm_cpuid_entry2 {
@@ -172,40 +154,12 @@ mod tests {
         let mut c = sample();
         filter_for_profile(&mut c, CpuProfile::Emulated);
         let s = c.as_slice();
-        assert_eq!(s[0].ecx & ECX_POPCNT, 0);
-        assert_ne!(
-            s[0].ecx & ECX_XSAVE,
-            0,
-            "XSAVE stays so the guest can limit XCR0"
-        );
+        assert_eq!(s[0].ecx & (ECX_XSAVE | ECX_POPCNT), 0);
         assert_ne!(s[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!(s[1].ebx, 1);
         let mut h = sample();
         filter_for_profile(&mut h, CpuProfile::Host);
         assert_ne!(h.as_slice()[1].ebx & EBX_SMAP, 0);
-    }
-
-    #[test]
-    fn emulated_profile_offers_only_x87_and_sse_xsave_state() {
-        let leaf = |index, eax, ebx| kvm_cpuid_entry2 {
-            function: 0xd,
-            index,
-            eax,
-            ebx,
-            ecx: ebx,
-            edx: 0x2,
-            ..Default::default()
-        };
-        let entries = [leaf(0, 0xe7, 2696), leaf(1, 0xf, 2696), leaf(2, 256, 576)];
-        let mut c = CpuId::from_entries(&entries).unwrap();
-        filter_for_profile(&mut c, CpuProfile::Emulated);
-        let s = c.as_slice();
-        assert_eq!((s[0].eax, s[0].ebx, s[0].ecx, s[0].edx), (0x3, 576, 576, 0));
-        assert_eq!((s[1].eax, s[1].ebx, s[1].ecx, s[1].edx), (0, 0, 0, 0));
-        assert_eq!((s[2].eax, s[2].ebx, s[2].ecx, s[2].edx), (0, 0, 0, 0));
-        let mut h = CpuId::from_entries(&entries).unwrap();
-        filter_for_profile(&mut h, CpuProfile::Host);
-        assert_eq!(h.as_slice()[0].eax, 0xe7);
     }
 
     #[test]
