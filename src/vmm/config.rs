@@ -12,6 +12,16 @@ pub const DEFAULT_CMDLINE: &str =
 /// instruction emulator cannot execute (see docs/vmm.md).
 pub const EMULATED_CPU_FLAG: &str = "kvmbox.emulated_cpu";
 
+/// Init environment entry (`key=value` words on the kernel command line become init's environment)
+/// added under the emulated profile: glibc must not pick its AVX/AVX2/AVX-512 string and memory
+/// functions, because on nested-PVM hosts the guest kernel (no XSAVE) cannot context-switch the
+/// YMM/ZMM/opmask state of natively running user code, so concurrent guest processes corrupt each
+/// other's vector registers (docs/vmm.md, "Guest SIGSEGV in pipelines"). Inherited by every guest
+/// process whose environment is inherited; a later user `--cmdline GLIBC_TUNABLES=...` replaces it.
+pub const EMULATED_CPU_GLIBC_TUNABLES: &str =
+    "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-FMA,-FMA4,\
+     -AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512ER,-AVX512PF,-AVX512VL,-AVX_Fast_Unaligned_Load";
+
 /// Present on hosts whose KVM is the nested "pagetable-based VM" module (guest kernel emulated).
 pub const KVM_PVM_SYSFS: &str = "/sys/module/kvm_pvm";
 
@@ -208,12 +218,15 @@ impl VmConfig {
         Ok(())
     }
 
-    /// The base kernel command line: defaults, the profile flag, then the user's part.
+    /// The base kernel command line: defaults, the profile flag (and, emulated, the glibc
+    /// tunables for init's environment), then the user's part.
     pub fn base_cmdline(&self) -> String {
         let mut s = DEFAULT_CMDLINE.to_string();
         if self.cpu_profile == CpuProfile::Emulated {
             s.push(' ');
             s.push_str(EMULATED_CPU_FLAG);
+            s.push(' ');
+            s.push_str(EMULATED_CPU_GLIBC_TUNABLES);
         }
         if let Some(extra) = self.extra_cmdline.as_deref().map(str::trim) {
             if !extra.is_empty() {
@@ -252,7 +265,9 @@ mod tests {
         c.extra_cmdline = Some(" init=/init ".into());
         assert_eq!(
             c.base_cmdline(),
-            format!("{DEFAULT_CMDLINE} {EMULATED_CPU_FLAG} init=/init")
+            format!(
+                "{DEFAULT_CMDLINE} {EMULATED_CPU_FLAG} {EMULATED_CPU_GLIBC_TUNABLES} init=/init"
+            )
         );
         c.cpu_profile = CpuProfile::Host;
         c.extra_cmdline = None;
