@@ -57,8 +57,9 @@ pub fn alias_memory(mem: &GuestMemoryMmap) -> Result<Memory17, BridgeError> {
             )
         }
         .map_err(|e| err(e.to_string()))?;
-        let region = fuse_vm_memory::GuestRegionMmap::new(mapping, fuse_vm_memory::GuestAddress(addr))
-            .ok_or_else(|| err("region end overflows".into()))?;
+        let region =
+            fuse_vm_memory::GuestRegionMmap::new(mapping, fuse_vm_memory::GuestAddress(addr))
+                .ok_or_else(|| err("region end overflows".into()))?;
         regions.push(region);
     }
     Memory17::from_regions(regions).map_err(|e| BridgeError::Region {
@@ -104,13 +105,16 @@ mod tests {
     fn alias_sees_the_same_bytes_both_ways() {
         let mem = memory();
         let alias = alias_memory(&mem).unwrap();
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1234)).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1234))
+            .unwrap();
         assert_eq!(alias.read_obj::<u32>(Ga17(0x1234)).unwrap(), 0xdead_beef);
         alias.write_obj(0x55_u8, Ga17(0x8000)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), 0x55);
         // The alias ends where guest memory ends.
         assert!(alias
-            .read_obj::<u8>(Ga17(crate::vmm::devices::virtio::desc_chain::test_util::MEM_SIZE))
+            .read_obj::<u8>(Ga17(
+                crate::vmm::devices::virtio::desc_chain::test_util::MEM_SIZE
+            ))
             .is_err());
         drop(alias);
         // Dropping the alias leaves the mapping in place.

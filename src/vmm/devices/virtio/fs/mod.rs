@@ -134,8 +134,7 @@ impl Fs {
         if !path.is_dir() {
             return Err(FsError::NotADirectory(path.to_path_buf()));
         }
-        let fs = SharedDirFs::new(path, read_only)
-            .map_err(|source| FsError::Open {
+        let fs = SharedDirFs::new(path, read_only).map_err(|source| FsError::Open {
             path: path.to_path_buf(),
             source,
         })?;
@@ -233,7 +232,10 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String> {
         if ctx.queues.len() != 2 {
-            return Err(format!("virtio-fs needs 2 queues, got {}", ctx.queues.len()));
+            return Err(format!(
+                "virtio-fs needs 2 queues, got {}",
+                ctx.queues.len()
+            ));
         }
         let alias = bridge::alias_memory(&ctx.memory).map_err(|e| e.to_string())?;
         let queues = ctx

@@ -110,10 +110,7 @@ pub fn check_chain(chain: &DescriptorChain<&Memory17>) -> Result<ChainShape, Str
 }
 
 /// Read the FUSE in header from the start of the readable part (it may span buffers).
-fn read_in_header(
-    mem: &Memory17,
-    chain: &DescriptorChain<&Memory17>,
-) -> Option<InHeader> {
+fn read_in_header(mem: &Memory17, chain: &DescriptorChain<&Memory17>) -> Option<InHeader> {
     let mut reader = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
     reader.read_obj::<InHeader>().ok()
 }
@@ -189,7 +186,9 @@ pub fn serve(
         // The server's count is what it wrote into the chain; it cannot exceed the writable
         // part, which fits in u32.
         Ok(n) => (Outcome::Served, u32::try_from(n).unwrap_or(0)),
-        Err(e) if needs_no_reply(header.opcode) => (Outcome::Refused(libc::EINVAL, e.to_string()), 0),
+        Err(e) if needs_no_reply(header.opcode) => {
+            (Outcome::Refused(libc::EINVAL, e.to_string()), 0)
+        }
         Err(e) => {
             let used = reply_error(mem, &shape, header.unique, libc::EIO);
             (Outcome::Refused(libc::EIO, e.to_string()), used)

@@ -283,7 +283,13 @@ impl FileSystem for SharedDirFs {
         )
     }
 
-    fn flush(&self, ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64) -> io::Result<()> {
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
@@ -403,7 +409,13 @@ impl FileSystem for SharedDirFs {
         self.inner.fsyncdir(ctx, inode, datasync, handle)
     }
 
-    fn releasedir(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle) -> io::Result<()> {
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 
@@ -433,7 +445,9 @@ mod tests {
     #[test]
     fn write_intent_of_open_flags() {
         assert!(!opens_for_write(libc::O_RDONLY as u32));
-        assert!(!opens_for_write((libc::O_RDONLY | libc::O_DIRECTORY) as u32));
+        assert!(!opens_for_write(
+            (libc::O_RDONLY | libc::O_DIRECTORY) as u32
+        ));
         assert!(opens_for_write(libc::O_WRONLY as u32));
         assert!(opens_for_write(libc::O_RDWR as u32));
         assert!(opens_for_write((libc::O_RDONLY | libc::O_TRUNC) as u32));

@@ -6,7 +6,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    Attr, CreateIn, EntryOut, InHeader, InitIn, InitOut, OpenIn, OpenOut, Opcode, OutHeader,
+    Attr, CreateIn, EntryOut, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader,
     ReadIn, WriteIn, WriteOut,
 };
 use fuse_vm_memory::ByteValued;
@@ -81,7 +81,13 @@ impl<'m> Harness<'m> {
     }
 
     /// Write a request (header + body) at IN and return its length.
-    fn put_request(&mut self, opcode: u32, nodeid: u64, body: &[u8], claimed_len: Option<u32>) -> u32 {
+    fn put_request(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        body: &[u8],
+        claimed_len: Option<u32>,
+    ) -> u32 {
         self.unique += 1;
         let len = (size_of::<InHeader>() + body.len()) as u32;
         let header = InHeader {
@@ -109,7 +115,11 @@ impl<'m> Harness<'m> {
         add_chain(&self.requests, descs, 0);
         let before = used_idx(&self.requests);
         self.dev.process_queue(REQUEST_QUEUE);
-        assert_eq!(used_idx(&self.requests), before + 1, "request not completed");
+        assert_eq!(
+            used_idx(&self.requests),
+            before + 1,
+            "request not completed"
+        );
         used_elem(&self.requests, before).1
     }
 
@@ -328,14 +338,20 @@ fn read_only_share_refuses_changes() {
     assert!(!dir.path().join("new.txt").exists());
     let entry = h.lookup(ROOT, "ro.txt").unwrap();
     assert_eq!(h.open(entry.nodeid, libc::O_RDWR), Err(libc::EROFS));
-    assert_eq!(h.open(entry.nodeid, libc::O_RDONLY | libc::O_TRUNC), Err(libc::EROFS));
+    assert_eq!(
+        h.open(entry.nodeid, libc::O_RDONLY | libc::O_TRUNC),
+        Err(libc::EROFS)
+    );
     // Unlink and mkdir are refused too; reading still works.
     let r = h.call(Opcode::Unlink, ROOT, b"ro.txt\0");
     assert_eq!(r.header.error, -libc::EROFS);
     let mut mkdir = vec![0u8; 8]; // MkdirIn { mode, umask }
     mkdir[..4].copy_from_slice(&0o755u32.to_ne_bytes());
     mkdir.extend_from_slice(b"d\0");
-    assert_eq!(h.call(Opcode::Mkdir, ROOT, &mkdir).header.error, -libc::EROFS);
+    assert_eq!(
+        h.call(Opcode::Mkdir, ROOT, &mkdir).header.error,
+        -libc::EROFS
+    );
     let fh = h.open(entry.nodeid, libc::O_RDONLY).unwrap();
     assert_eq!(h.read(entry.nodeid, fh, 100).unwrap(), b"keep");
     assert_eq!(std::fs::read(dir.path().join("ro.txt")).unwrap(), b"keep");
@@ -366,7 +382,10 @@ fn the_guest_cannot_leave_the_directory() {
     assert_eq!(up.attr.ino, dotdot.attr.ino);
     // A name with a slash is refused.
     assert_eq!(h.lookup(ROOT, "../secret").err(), Some(libc::EINVAL));
-    assert_eq!(h.lookup(sub.nodeid, "../../secret").err(), Some(libc::EINVAL));
+    assert_eq!(
+        h.lookup(sub.nodeid, "../../secret").err(),
+        Some(libc::EINVAL)
+    );
     // Symlinks are looked up as links, never followed on the host, and cannot be opened.
     for link in ["up", "abs"] {
         let e = h.lookup(ROOT, link).unwrap();
@@ -378,7 +397,10 @@ fn the_guest_cannot_leave_the_directory() {
     mknod[..4].copy_from_slice(&(libc::S_IFCHR | 0o666).to_ne_bytes());
     mknod[4..8].copy_from_slice(&(libc::makedev(1, 3) as u32).to_ne_bytes());
     mknod.extend_from_slice(b"null\0");
-    assert_eq!(h.call(Opcode::Mknod, ROOT, &mknod).header.error, -libc::EPERM);
+    assert_eq!(
+        h.call(Opcode::Mknod, ROOT, &mknod).header.error,
+        -libc::EPERM
+    );
     assert!(!share.join("null").exists());
 }
 
