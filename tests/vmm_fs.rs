@@ -153,7 +153,10 @@ fn guest_mounts_reads_and_writes_shared_directories() {
         assert!(list.contains(&name), "{name} missing from {list:?}");
     }
     // The symlink resolves inside the guest (to /secret, absent), never to the host's file.
-    assert!(!out.contains(SECRET), "the guest read a file outside the share");
+    assert!(
+        !out.contains(SECRET),
+        "the guest read a file outside the share"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("ESCAPE ") && l.contains("No such file")),

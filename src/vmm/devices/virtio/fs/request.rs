@@ -57,6 +57,17 @@ pub struct ChainShape {
     pub first_readable: Option<(GuestAddress, u32)>,
 }
 
+/// Whether `[addr, addr + len)` lies inside a single guest memory region (fuse-backend-rs maps
+/// each buffer as one slice of one region). An empty buffer must still start inside one.
+fn in_one_region(mem: &Memory17, addr: GuestAddress, len: u32) -> bool {
+    let Some(region) = mem.find_region(addr) else {
+        return false;
+    };
+    let last = addr.checked_add(u64::from(len.max(1)) - 1);
+    last.and_then(|a| mem.find_region(a))
+        .is_some_and(|r| std::ptr::eq(r, region))
+}
+
 /// Walk `chain` and check it (see the module doc).
 pub fn check_chain(chain: &DescriptorChain<&Memory17>) -> Result<ChainShape, String> {
     let mem = chain.memory();
@@ -66,23 +77,13 @@ pub fn check_chain(chain: &DescriptorChain<&Memory17>) -> Result<ChainShape, Str
         first_writable: None,
         first_readable: None,
     };
-    let mut count = 0usize;
     let mut ended = false;
-    for desc in chain.clone() {
+    for (count, desc) in chain.clone().enumerate() {
         if count == MAX_DESCRIPTORS {
             return Err(format!("more than {MAX_DESCRIPTORS} descriptors"));
         }
         let (addr, len) = (desc.addr(), desc.len());
-        // One region per buffer: fuse-backend-rs maps each buffer as one slice.
-        let in_one_region = mem
-            .find_region(addr)
-            .and_then(|r| {
-                let end = addr.checked_add(u64::from(len).saturating_sub(1))?;
-                mem.find_region(end)
-                    .filter(|r2| std::ptr::eq(*r2, r) || len == 0)
-            })
-            .is_some();
-        if !in_one_region {
+        if !in_one_region(mem, addr, len) {
             return Err(format!(
                 "descriptor {count} ({:#x}, {len} bytes) is outside guest memory",
                 addr.raw_value()
@@ -101,7 +102,6 @@ pub fn check_chain(chain: &DescriptorChain<&Memory17>) -> Result<ChainShape, Str
             shape.first_readable.get_or_insert((addr, len));
         }
         ended = !desc.has_next();
-        count += 1;
     }
     if !ended {
         return Err("malformed chain (loop, bad next index or length overflow)".into());
