@@ -40,13 +40,13 @@
 //! - *Resource use*: every inode the guest looks up holds an fd until the guest forgets it, and
 //!   every open file another one; the VMM's `RLIMIT_NOFILE` bounds them (the guest then gets
 //!   `EMFILE`). Request bodies are bounded by the bytes the guest supplied (at most ~1 MiB).
-//! - *Process-wide side effect*: the passthrough sets the VMM's umask to 0 when it imports the
-//!   root (so guest-supplied modes apply exactly); files the VMM creates itself after that get
-//!   the modes it asks for.
+//! - *Umask*: the passthrough needs umask 0 (guest modes apply exactly) and would set it
+//!   process-wide; [`umask`] confines it to the serving thread, for the duration of a batch.
 
 pub mod bridge;
 pub mod request;
 pub mod shared_dir;
+pub mod umask;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,6 +174,7 @@ impl Fs {
             return;
         };
         let mem = &active.alias;
+        let _umask = umask::ZeroUmask::set();
         let mut served = 0usize;
         let error = loop {
             let chain = match queue.iter(mem) {
@@ -266,7 +267,7 @@ impl VirtioDevice for Fs {
         self.active = None;
         self.broken = false;
         // Close every inode and file the guest had open; the next INIT imports the root again.
-        fuse_backend_rs::api::filesystem::FileSystem::destroy(&*self.fs);
+        umask::restoring(|| fuse_backend_rs::api::filesystem::FileSystem::destroy(&*self.fs));
     }
 
     fn needs_reset(&self) -> bool {

@@ -64,7 +64,8 @@ impl SharedDirFs {
             ..Config::default()
         };
         let inner = PassthroughFs::<()>::new(cfg)?;
-        inner.import()?;
+        // The import sets umask 0 process-wide; requests get it per thread (see `umask`).
+        super::umask::restoring(|| inner.import())?;
         Ok(Arc::new(SharedDirFs { inner, read_only }))
     }
 

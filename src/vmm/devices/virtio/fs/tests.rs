@@ -193,10 +193,14 @@ impl<'m> Harness<'m> {
     }
 
     fn create(&mut self, name: &str, flags: i32) -> Result<(EntryOut, u64), i32> {
+        self.create_mode(name, flags, 0o644)
+    }
+
+    fn create_mode(&mut self, name: &str, flags: i32, mode: u32) -> Result<(EntryOut, u64), i32> {
         let create = CreateIn {
             flags: flags as u32,
-            mode: libc::S_IFREG | 0o644,
-            umask: 0o022,
+            mode: libc::S_IFREG | mode,
+            umask: 0,
             fuse_flags: 0,
         };
         let mut body = create.as_slice().to_vec();
@@ -323,6 +327,15 @@ fn create_and_write_reach_the_host() {
     assert_eq!(r.header.error, 0);
     assert_eq!(parse::<WriteOut>(&r.body).size, data.len() as u32);
     assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), data);
+    // The guest's mode applies exactly (the VMM's umask is not applied on top).
+    h.create_mode("open.txt", libc::O_WRONLY | libc::O_CREAT, 0o666)
+        .unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("open.txt"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o666);
 }
 
 #[test]
