@@ -1,9 +1,10 @@
 //! virtio-fs vs virtio-blk in one guest boot: sequential read of a 16 MiB file (cold and warm
-//! guest page cache) and a metadata run (create + syncfs, then stat, of 200 small files), on a
-//! virtio-fs share and on an ext4 image (`mkfs.ext4 -d`) holding the same file.
+//! guest page cache), a metadata run (create + syncfs, then stat, of 200 small files) and the
+//! untar of a busybox rootfs (busybox + one symlink per applet + the usual directories), on a
+//! virtio-fs share and on an ext4 image (`mkfs.ext4 -d`) holding the same files.
 //!
 //! `cargo build --release && cargo run --release --example fs_bench -- --kernel K
-//!  [--kvmbox target/release/kvmbox] [--busybox /bin/busybox] [--memory 256]`
+//!  [--kvmbox target/release/kvmbox] [--busybox /bin/busybox] [--memory 256] [--big-mib 16]`
 //!
 //! The guest helper is `tests/fixtures/fs_bench_guest.c` (compiled here with gcc -static).
 
@@ -12,8 +13,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use kvmbox::vmm::initramfs::{Entry, Initramfs};
-
-const BIG_FILE_BYTES: usize = 16 << 20;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -34,14 +33,40 @@ fn run(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed");
 }
 
+/// A busybox rootfs as a tar file: the binary, one symlink per applet, the usual directories.
+fn busybox_rootfs_tar(busybox: &Path, root: &Path, tarball: &Path) {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "tmp", "var",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list-full").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join(applet);
+        if applet == "bin/busybox" || link.exists() {
+            continue;
+        }
+        let depth = applet.matches('/').count();
+        let target = format!("{}bin/busybox", "../".repeat(depth));
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(root)
+        .arg("."));
+}
+
 fn init_script() -> &'static str {
     "#!/bin/busybox sh\n\
      bb=/bin/busybox\n\
      $bb mount -t devtmpfs dev /dev\n\
      $bb mount -t virtiofs bench /fs || echo BENCH-FAILED mount virtiofs\n\
      $bb mount -t ext4 /dev/vda /blk || echo BENCH-FAILED mount ext4\n\
-     /bin/fs_bench_guest virtio-fs /fs || echo BENCH-FAILED virtio-fs\n\
-     /bin/fs_bench_guest virtio-blk /blk || echo BENCH-FAILED virtio-blk\n\
+     /bin/fs_bench_guest virtio-fs /fs /fs/rootfs.tar || echo BENCH-FAILED virtio-fs\n\
+     /bin/fs_bench_guest virtio-blk /blk /blk/rootfs.tar || echo BENCH-FAILED virtio-blk\n\
      $bb umount /blk\n\
      $bb umount /fs\n\
      echo BENCH-DONE\n\
@@ -53,6 +78,7 @@ fn main() {
     let mut kernel = std::env::var_os("KVMBOX_KERNEL").map(PathBuf::from);
     let mut busybox = PathBuf::from("/bin/busybox");
     let mut memory = 256u32;
+    let mut big_mib = 16usize;
     let mut kvmbox = std::env::current_exe()
         .ok()
         .and_then(|p| Some(p.parent()?.parent()?.join("kvmbox")))
@@ -64,19 +90,24 @@ fn main() {
             "--busybox" => busybox = PathBuf::from(val()),
             "--memory" => memory = val().parse().expect("--memory MiB"),
             "--kvmbox" => kvmbox = PathBuf::from(val()),
+            "--big-mib" => big_mib = val().parse().expect("--big-mib N"),
             other => panic!("unknown argument {other}"),
         }
     }
     let kernel = kernel.expect("--kernel K (or KVMBOX_KERNEL) is required");
     let dir = tempfile::tempdir().expect("tempdir");
-    let big = pseudo_random(BIG_FILE_BYTES);
+    let big = pseudo_random(big_mib << 20);
 
-    // The virtio-fs share and the ext4 image get the same file.
+    let tarball = dir.path().join("rootfs.tar");
+    busybox_rootfs_tar(&busybox, &dir.path().join("rootfs"), &tarball);
+
+    // The virtio-fs share and the ext4 image get the same files.
     let share = dir.path().join("share");
     let image_src = dir.path().join("image-src");
     for d in [&share, &image_src] {
         std::fs::create_dir(d).unwrap();
         std::fs::write(d.join("big"), &big).unwrap();
+        std::fs::copy(&tarball, d.join("rootfs.tar")).unwrap();
     }
     let image = dir.path().join("ext4.img");
     run(Command::new("mkfs.ext4")
@@ -89,7 +120,7 @@ fn main() {
         ])
         .arg(&image_src)
         .arg(&image)
-        .arg("64M"));
+        .arg(format!("{}M", big_mib * 2 + 64)));
 
     let helper = dir.path().join("fs_bench_guest");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fs_bench_guest.c");
