@@ -330,4 +330,8 @@ pub struct VmBootArgs {
     /// console); it takes stdin and writes where the serial console does.
     #[arg(long = "virtio-console")]
     pub virtio_console: bool,
+    /// Share a host directory over virtio-fs, `TAG=PATH[,ro]` (repeatable); the guest mounts
+    /// it with `mount -t virtiofs TAG DIR`.
+    #[arg(long = "share", value_name = "TAG=PATH[,ro]")]
+    pub shares: Vec<String>,
 }

@@ -20,6 +20,7 @@ use super::devices::poweroff::{DebugExit, Pm1aControl};
 use super::devices::serial::{EventFdTrigger, SerialDevice, SerialWriter};
 use super::devices::virtio::block::Block;
 use super::devices::virtio::console::Console;
+use super::devices::virtio::fs::Fs;
 use super::devices::virtio::mmio::{regs, MmioTransport};
 use super::devices::virtio::rng::Rng;
 use super::devices::virtio::vsock::Vsock;
@@ -251,7 +252,8 @@ impl VmBuilder {
     }
 }
 
-/// The virtio devices `cfg` asks for, in slot order: disks (vda, vdb, ...), rng, console.
+/// The virtio devices `cfg` asks for, in slot order: disks (vda, vdb, ...), rng, console,
+/// shared directories.
 fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
@@ -283,6 +285,11 @@ fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
         };
         let dev = Console::new(out, input).map_err(|e| dev_err("virtio-console", e))?;
         devices.push(Box::new(dev));
+    }
+    for share in &cfg.shared_dirs {
+        let fs = Fs::new(&share.tag, &share.path, share.read_only)
+            .map_err(|e| dev_err("virtio-fs", e))?;
+        devices.push(Box::new(fs));
     }
     Ok(devices)
 }

@@ -132,6 +132,47 @@ impl DiskConfig {
     }
 }
 
+/// A host directory shared with the guest over virtio-fs (`mount -t virtiofs <tag> <dir>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// Mount tag (1..=36 bytes).
+    pub tag: String,
+    /// The host directory.
+    pub path: PathBuf,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+}
+
+impl FsConfig {
+    /// Parse the command-line form `TAG=PATH[,ro|,rw]`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let Some((tag, rest)) = spec.split_once('=') else {
+            return Err(format!("--share {spec}: expected TAG=PATH[,ro]"));
+        };
+        let (path, read_only) = match rest.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) if !opt.contains('/') => {
+                return Err(format!(
+                    "--share {spec}: unknown option {opt:?} (expected ro or rw)"
+                ))
+            }
+            _ => (rest, false),
+        };
+        if tag.is_empty() || tag.len() > 36 {
+            return Err(format!("--share {spec}: the tag must be 1..=36 bytes"));
+        }
+        if path.is_empty() {
+            return Err(format!("--share {spec}: empty path"));
+        }
+        Ok(FsConfig {
+            tag: tag.to_string(),
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
 /// The virtio console (the guest's hvc0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +218,8 @@ pub struct VmConfig {
     /// Add a virtio console (hvc0).
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// Host directories shared over virtio-fs, one device each.
+    pub shared_dirs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -195,6 +238,7 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             console: None,
+            shared_dirs: Vec::new(),
         }
     }
 
@@ -292,6 +336,29 @@ mod tests {
         assert!(DiskConfig::parse("/a/b.img,rx").is_err());
         assert!(DiskConfig::parse(",ro").is_err());
         assert!(DiskConfig::parse("").is_err());
+    }
+
+    #[test]
+    fn share_specs_parse() {
+        assert_eq!(
+            FsConfig::parse("root=/a/b").unwrap(),
+            FsConfig {
+                tag: "root".into(),
+                path: "/a/b".into(),
+                read_only: false
+            }
+        );
+        assert!(FsConfig::parse("t=/a,ro").unwrap().read_only);
+        assert!(!FsConfig::parse("t=/a,rw").unwrap().read_only);
+        assert_eq!(
+            FsConfig::parse("t=/a,b/c").unwrap().path,
+            PathBuf::from("/a,b/c")
+        );
+        assert!(FsConfig::parse("/a/b").is_err());
+        assert!(FsConfig::parse("=/a").is_err());
+        assert!(FsConfig::parse("t=").is_err());
+        assert!(FsConfig::parse("t=/a,rx").is_err());
+        assert!(FsConfig::parse(&format!("{}=/a", "x".repeat(37))).is_err());
     }
 
     #[test]

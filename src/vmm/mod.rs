@@ -23,7 +23,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::cli::VmBootArgs;
-use config::{ConsoleConfig, CpuProfile, DiskConfig, SerialOutput, VmConfig, KVM_PVM_SYSFS};
+use config::{
+    ConsoleConfig, CpuProfile, DiskConfig, FsConfig, SerialOutput, VmConfig, KVM_PVM_SYSFS,
+};
 use exit::VmExit;
 
 impl From<crate::cli::CpuProfile> for CpuProfile {
@@ -54,6 +56,12 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         .map(|d| DiskConfig::parse(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let shared_dirs = args
+        .shares
+        .iter()
+        .map(|s| FsConfig::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let config = VmConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
@@ -71,6 +79,7 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         vsock: None,
         disks,
         rng: args.rng,
+        shared_dirs,
     };
     let serial_where = match &args.serial_log {
         Some(p) => p.display().to_string(),

@@ -3,6 +3,7 @@
 pub mod block;
 pub mod console;
 pub mod desc_chain;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;

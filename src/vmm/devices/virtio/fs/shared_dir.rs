@@ -1,0 +1,463 @@
+//! The file system a virtio-fs device serves: fuse-backend-rs's passthrough over one host
+//! directory, behind a guard that enforces the share's policy before the passthrough runs.
+//!
+//! The guard refuses, whatever the share's mode:
+//! - device nodes (`mknod` of a character or block device: `EPERM`) — the passthrough would
+//!   create them as the VMM's user (root), handing the guest a host device node to leave behind;
+//! - ioctls (`ENOTTY`), DAX mappings (`ENOSYS`: no DAX window), `bmap`, `poll`.
+//!
+//! On a read-only share it also refuses with `EROFS` every request that would change the
+//! directory: `setattr`, `create`, `mknod`, `mkdir`, `symlink`, `link`, `unlink`, `rmdir`,
+//! `rename`, `write`, `fallocate`, `setxattr`, `removexattr`, `open` for writing or with
+//! `O_TRUNC`, and `access` with `W_OK`. Everything else is delegated to the passthrough.
+
+use std::ffi::CStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
+};
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+/// Inode number type of the passthrough (u64).
+type Inode = u64;
+/// File handle type of the passthrough (u64).
+type Handle = u64;
+
+fn erofs() -> io::Error {
+    io::Error::from_raw_os_error(libc::EROFS)
+}
+
+/// A host directory served to the guest: the passthrough plus the share policy.
+pub struct SharedDirFs {
+    inner: PassthroughFs<()>,
+    read_only: bool,
+}
+
+impl SharedDirFs {
+    /// Serve `root` (an existing directory). The root inode is opened now, so a bad path fails
+    /// when the VM is built rather than when the guest mounts.
+    pub fn new(root: &Path, read_only: bool) -> io::Result<Arc<Self>> {
+        let root_dir = root
+            .to_str()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))?
+            .to_string();
+        let cfg = Config {
+            root_dir,
+            // Import the root at INIT too (a guest remount starts afresh).
+            do_import: true,
+            xattr: true,
+            cache_policy: CachePolicy::Auto,
+            writeback: false,
+            // Inodes are kept as O_PATH fds, never as file handles: the guest never names a
+            // host file handle (no open_by_handle_at on guest input).
+            inode_file_handles: false,
+            entry_timeout: Duration::from_secs(1),
+            attr_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let inner = PassthroughFs::<()>::new(cfg)?;
+        // The import sets umask 0 process-wide; requests get it per thread (see `umask`).
+        super::umask::restoring(|| inner.import())?;
+        Ok(Arc::new(SharedDirFs { inner, read_only }))
+    }
+
+    /// Whether writes are refused with `EROFS`.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(erofs())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Whether open `flags` ask for write access or truncation.
+fn opens_for_write(flags: u32) -> bool {
+    let flags = flags as i32;
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl FileSystem for SharedDirFs {
+    type Inode = Inode;
+    type Handle = Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        // The passthrough does not ask for big requests; without MAX_PAGES the kernel sends at
+        // most 32 pages per request and without BIG_WRITES 4 KiB per write. The server sizes
+        // its limits (1 MiB, 256 pages) when these are on.
+        let want = self.inner.init(capable)?;
+        Ok(want | (capable & (FsOptions::MAX_PAGES | FsOptions::BIG_WRITES)))
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
+        self.inner.lookup(ctx, parent, name)
+    }
+
+    fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Option<Handle>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner.getattr(ctx, inode, handle)
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        attr: stat64,
+        handle: Option<Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        self.inner.setattr(ctx, inode, attr, handle, valid)
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: Inode,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.symlink(ctx, linkname, parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.mkdir(ctx, parent, name, mode, umask)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Inode,
+        oldname: &CStr,
+        newdir: Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        newparent: Inode,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner.link(ctx, inode, newparent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        if opens_for_write(flags) {
+            self.writable()?;
+        }
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        self.inner.create(ctx, parent, name, args)
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        lock_owner: u64,
+    ) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
+        let mut st = self.inner.statfs(ctx, inode)?;
+        if self.read_only {
+            st.f_flag |= libc::ST_RDONLY;
+        }
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn fsyncdir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        datasync: bool,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        flags: u32,
+        handle: Handle,
+    ) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        if mask as i32 & libc::W_OK != 0 {
+            self.writable()?;
+        }
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Inode,
+        handle: Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_intent_of_open_flags() {
+        assert!(!opens_for_write(libc::O_RDONLY as u32));
+        assert!(!opens_for_write(
+            (libc::O_RDONLY | libc::O_DIRECTORY) as u32
+        ));
+        assert!(opens_for_write(libc::O_WRONLY as u32));
+        assert!(opens_for_write(libc::O_RDWR as u32));
+        assert!(opens_for_write((libc::O_RDONLY | libc::O_TRUNC) as u32));
+    }
+
+    #[test]
+    fn missing_directory_fails_at_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(SharedDirFs::new(&dir.path().join("missing"), false).is_err());
+        assert!(SharedDirFs::new(dir.path(), true).unwrap().read_only());
+    }
+}

@@ -1,0 +1,194 @@
+//! One real boot with two virtio-fs shares (`kvmbox vm boot --share`): a read-write one and a
+//! read-only one. The busybox init mounts both (`mount -t virtiofs TAG DIR`), reads a host file,
+//! writes a new file and a directory, lists the share, follows a symlink that points outside
+//! the share, tries to write to the read-only share, and reports on the serial console; the
+//! host checks the output and the files the guest left behind.
+
+mod vm_common;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmbox::vmm::initramfs::{Entry, Initramfs};
+
+const HOST_TEXT: &str = "hello from the host over virtio-fs";
+const GUEST_TEXT: &str = "written by the guest";
+const SECRET: &str = "HOST-SECRET-OUTSIDE-THE-SHARE";
+
+fn init_script() -> String {
+    format!(
+        "#!/bin/busybox sh\n\
+         bb=/bin/busybox\n\
+         $bb mount -t devtmpfs dev /dev\n\
+         $bb mount -t sysfs sys /sys\n\
+         ids=; for d in /sys/bus/virtio/devices/*; do read id < $d/device; ids=\"$ids $id\"; done\n\
+         echo VIRTIO-IDS $ids\n\
+         $bb mount -t virtiofs hostshare /mnt && echo MOUNT-OK\n\
+         read line < /mnt/hello.txt; echo \"READ $line\"\n\
+         echo '{GUEST_TEXT}' > /mnt/from-guest.txt && echo WRITE-OK\n\
+         $bb mkdir /mnt/guest-dir && echo MKDIR-OK\n\
+         echo LIST-BEGIN; $bb ls /mnt; echo LIST-END\n\
+         echo \"ESCAPE $($bb cat /mnt/escape 2>&1)\"\n\
+         $bb mount -t virtiofs roshare /ro && echo RO-MOUNT-OK\n\
+         read line < /ro/ro.txt; echo \"RO-READ $line\"\n\
+         echo \"RO-WRITE $( (echo x > /ro/nope.txt) 2>&1)\"\n\
+         $bb umount /mnt && echo UMOUNT-OK\n\
+         echo FS-DONE\n\
+         $bb poweroff -f\n"
+    )
+}
+
+fn initramfs() -> Initramfs {
+    let mut fs = Initramfs::new();
+    fs.dir("bin")
+        .dir("dev")
+        .dir("proc")
+        .dir("sys")
+        .dir("mnt")
+        .dir("ro");
+    fs.add(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .expect("/bin/busybox (Debian busybox-static) is needed");
+    fs.symlink("bin/sh", "busybox");
+    fs.file("init", 0o755, init_script());
+    fs
+}
+
+#[test]
+fn guest_mounts_reads_and_writes_shared_directories() {
+    let Some(kernel) = vm_common::guest_kernel() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    std::fs::write(&initrd, initramfs().to_bytes()).unwrap();
+    // The read-write share, with a symlink pointing at a file outside it.
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), format!("{HOST_TEXT}\n")).unwrap();
+    std::os::unix::fs::symlink("../secret", share.join("escape")).unwrap();
+    // The read-only share.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("ro.txt"), "read-only content\n").unwrap();
+    let stdout_path = dir.path().join("stdout");
+
+    let timeout = vm_common::boot_timeout(180);
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+        .args(["vm", "boot", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--share")
+        .arg(format!("hostshare={}", share.display()))
+        .arg("--share")
+        .arg(format!("roshare={},ro", ro.display()))
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    eprintln!(
+        "boot took {:.1} s; guest output:\n{out}\nstderr:\n{stderr}",
+        start.elapsed().as_secs_f64()
+    );
+    let status = status.unwrap_or_else(|| panic!("VM did not power off within {timeout:?}"));
+    assert_eq!(status.code(), Some(0), "kvmbox failed");
+    assert!(out.contains("FS-DONE"), "init did not finish");
+
+    // Two virtio-fs devices (id 26) on the bus.
+    let ids = out
+        .lines()
+        .find_map(|l| l.strip_prefix("VIRTIO-IDS "))
+        .expect("no VIRTIO-IDS line");
+    assert_eq!(ids.matches("0x001a").count(), 2, "{ids:?}");
+    assert!(out.contains("MOUNT-OK"), "mount failed");
+    // The guest read the host file.
+    assert!(out.contains(&format!("READ {HOST_TEXT}")), "read");
+    // The guest's file and directory are on the host.
+    assert!(out.contains("WRITE-OK") && out.contains("MKDIR-OK"));
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        format!("{GUEST_TEXT}\n")
+    );
+    assert!(share.join("guest-dir").is_dir());
+    // The listing shows the host's and the guest's entries.
+    let list: Vec<&str> = out
+        .split("LIST-BEGIN")
+        .nth(1)
+        .and_then(|l| l.split("LIST-END").next())
+        .expect("no listing")
+        .split_whitespace()
+        .collect();
+    for name in ["hello.txt", "from-guest.txt", "guest-dir", "escape"] {
+        assert!(list.contains(&name), "{name} missing from {list:?}");
+    }
+    // The symlink resolves inside the guest (to /secret, absent), never to the host's file.
+    assert!(
+        !out.contains(SECRET),
+        "the guest read a file outside the share"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ESCAPE ") && l.contains("No such file")),
+        "escape line"
+    );
+    // The read-only share reads but refuses writes.
+    assert!(out.contains("RO-MOUNT-OK"));
+    assert!(out.contains("RO-READ read-only content"));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("RO-WRITE ") && l.contains("Read-only file system")),
+        "write to the read-only share was not refused with EROFS"
+    );
+    assert!(!ro.join("nope.txt").exists());
+    assert!(out.contains("UMOUNT-OK"));
+}
+
+#[test]
+fn bad_share_option_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (spec, needle) in [
+        ("no-equals-sign".to_string(), "TAG=PATH"),
+        (format!("t={},rx", dir.path().display()), "unknown option"),
+        ("t=/nonexistent/dir".to_string(), "/nonexistent/dir"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+            .args(["vm", "boot", "--kernel", "/nonexistent/vmlinux", "--share"])
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{spec} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{spec}: {err}");
+    }
+}
