@@ -8,6 +8,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::error::BenchError;
 use super::report::{ModeKind, ModeResult, Outcome, Report};
+use super::table::ms;
 
 /// Chart width in pixels.
 const WIDTH: u32 = 1000;
@@ -57,7 +58,9 @@ impl Panel {
 /// Render `report` as an SVG document.
 pub fn render(report: &Report) -> Result<String, BenchError> {
     let panels = panels(report);
-    let header = 76;
+    let mut lines = report.header();
+    lines.extend(report.density_summary());
+    let header = 34 + 14 * lines.len() as u32 + 8;
     let height = header + panels.iter().map(Panel::height).sum::<u32>();
     let mut svg = String::new();
     {
@@ -72,7 +75,7 @@ pub fn render(report: &Report) -> Result<String, BenchError> {
         ))
         .map_err(chart_err)?;
         let small = ("sans-serif", 12).into_font();
-        for (i, line) in report.header().iter().enumerate() {
+        for (i, line) in lines.iter().enumerate() {
             head.draw(&Text::new(
                 line.clone(),
                 (10, 34 + 14 * i as i32),
@@ -134,11 +137,19 @@ fn panels(report: &Report) -> Vec<Panel> {
                     })
                     .collect();
                 let total: f64 = segments.iter().map(|s| s.1).sum();
+                let mut value_label = format_value(total, unit);
+                // A first phase too thin to see (kvmbox's VMM setup next to an emulated guest
+                // kernel boot) is named in the label.
+                if let Some(p) = m.phases.first() {
+                    if total > 0.0 && p.summary.median_ms * scale < total / 100.0 {
+                        value_label += &format!(" ({} {} ms)", p.name, ms(p.summary.median_ms));
+                    }
+                }
                 Bar {
                     label: m.name.clone(),
                     segments,
                     note: not_measured(&m.outcome),
-                    value_label: format_value(total, unit),
+                    value_label,
                 }
             })
             .collect();
@@ -367,12 +378,13 @@ mod tests {
             // totals at the bar ends
             "16.0 ms",
             "80.0 ms",
-            "21.6 s",
+            "21.6 s (VMM setup 31.0 ms)",
             "26.6 s",
             "24.0 MiB",
             // the host, so that no figure is read out of context
             "host: CPU X (2 CPUs, 24000 MiB), Linux 6.1.0, cgroup v1",
             "guest kernel code is EMULATED",
+            "density: 2 kvmbox VMs at once",
         ] {
             assert!(svg.contains(text), "missing {text:?}");
         }

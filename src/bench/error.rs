@@ -5,8 +5,8 @@ use std::path::PathBuf;
 /// What stopped the benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// `--runs 0`.
-    #[error("bench: --runs must be at least 1")]
+    /// `--runs 0` or `--vm-runs 0`.
+    #[error("bench: --runs and --vm-runs must be at least 1")]
     NoRuns,
     /// A tool the benchmark needs is missing.
     #[error("bench: {0} not found in PATH (install busybox-static)")]

@@ -258,6 +258,23 @@ impl Report {
         ]
     }
 
+    /// One line on the density run: `density: K kvmbox VMs at once: ...`.
+    pub fn density_summary(&self) -> Option<String> {
+        let d = self.density.as_ref()?;
+        let r = d.run.as_ref()?;
+        let all = r
+            .all_userspace_ms
+            .map_or("not all reached".into(), |v| format!("{:.1} s", v / 1e3));
+        let per_vm = d
+            .host_kib_per_vm
+            .map_or("-".into(), |h| format!("{} MiB", mib(h.median)));
+        Some(format!(
+            "density: {} kvmbox VMs at once: {} booted, all at their init line after {all}; \
+             host memory per VM (PSS + guest RAM touched, median) {per_vm}",
+            r.vms, r.booted
+        ))
+    }
+
     /// Rows of the phase table: mode, phase, min, median, max (ms); unavailable and failed
     /// modes get one row saying why (inline, or with `inline_reasons` false only the word, the
     /// reason going below the table: see [`Report::reasons`]).
