@@ -260,23 +260,64 @@ pub struct SpecArgs {
 pub enum BenchFormat {
     Text,
     Json,
+    Markdown,
+}
+
+/// What `bench` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// kvmbox --isolation namespace: create, start, exit, delete.
+    Namespace,
+    /// runc: the same phases.
+    Runc,
+    /// crun: the same phases.
+    Crun,
+    /// kvmbox --isolation vm: the same phases (reported unavailable until it works).
+    Vm,
+    /// kvmbox's VMM booting the guest kernel with a marker initramfs (`vm boot`).
+    VmmBoot,
+    /// QEMU microvm booting the same kernel and initramfs.
+    QemuBoot,
 }
 
 /// `bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Runs per runtime.
+    /// Runs per container mode (namespace, runc, crun).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Output format (json goes to stdout for machines).
+    /// Runs per VM mode (vm, vmm-boot, qemu-boot): each boots a guest kernel.
+    #[arg(long = "vm-runs", default_value_t = 3)]
+    pub vm_runs: usize,
+    /// Output format on stdout (json for machines); progress goes to stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
-    /// Directory to write the markdown results table (results.md) into.
+    /// Directory to write bench.svg (the chart), bench.md and bench.json into.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Skip peers (runc, crun) even when installed.
+    /// Modes to measure, comma-separated. Default: every mode, or only namespace, runc and crun
+    /// with `--isolation namespace`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub modes: Vec<BenchMode>,
+    /// Skip peers (runc, crun, QEMU) even when installed.
     #[arg(long = "no-peers")]
     pub no_peers: bool,
+    /// Start this many kvmbox VMs at once (with vmm-boot) and report time and host memory per
+    /// VM; 0 skips.
+    #[arg(long, default_value_t = 3)]
+    pub density: usize,
+    /// Guest kernel for the VM modes (default: `kernel-config/build.sh --print-path`).
+    #[arg(long, env = "KVMBOX_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// Guest memory in MiB for the VM modes.
+    #[arg(long = "guest-memory", default_value_t = 128)]
+    pub guest_memory: u32,
+    /// QEMU executable for qemu-boot.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Longest one VM boot may take, in seconds (guest kernel code may be emulated).
+    #[arg(long = "vm-timeout", default_value_t = 600)]
+    pub vm_timeout: u64,
 }
 
 /// `vm` subcommands.

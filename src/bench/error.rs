@@ -5,11 +5,8 @@ use std::path::PathBuf;
 /// What stopped the benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// The requested isolation model cannot be benchmarked yet.
-    #[error("bench --isolation vm: the VM mode is not built yet (use --isolation namespace)")]
-    VmNotBuilt,
-    /// `--runs 0`.
-    #[error("bench: --runs must be at least 1")]
+    /// `--runs 0` or `--vm-runs 0`.
+    #[error("bench: --runs and --vm-runs must be at least 1")]
     NoRuns,
     /// A tool the benchmark needs is missing.
     #[error("bench: {0} not found in PATH (install busybox-static)")]
@@ -34,11 +31,13 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
-    /// A container run failed.
-    #[error("bench: {runtime} run {id} failed ({status}): {stderr}")]
+    /// A runtime command (create, start, delete, run) failed.
+    #[error("bench: {runtime} {command} {id} failed ({status}): {stderr}")]
     RunFailed {
         /// Runtime name.
         runtime: String,
+        /// The command that failed.
+        command: &'static str,
         /// Container id.
         id: String,
         /// Exit status.
@@ -46,6 +45,12 @@ pub enum BenchError {
         /// Last line of its stderr.
         stderr: String,
     },
+    /// `--modes` selected nothing to measure.
+    #[error("bench: no mode selected (--modes is empty or --no-peers removed every mode)")]
+    NoModes,
+    /// Drawing the chart failed.
+    #[error("bench: drawing the chart: {0}")]
+    Chart(String),
     /// Serialising the spec or the report failed.
     #[error("bench: {0}")]
     Json(#[from] serde_json::Error),

@@ -1,12 +1,16 @@
-//! The runtimes under test and how one `run` of each is started and timed.
+//! The runtimes under test and how one container's life (create, start, exit, delete) is driven
+//! through each one's OCI command line and timed phase by phase.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::error::BenchError;
+use super::memory::{self, MemorySample};
+use super::process;
 
 /// File that crun 1.8 reads to decide the host is "hybrid" and give up; hidden by a bind mount of
 /// /dev/null inside a private mount namespace.
@@ -38,8 +42,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// kvmbox itself (this executable) in namespace mode, state under `root`.
-    pub fn kvmbox(root: &Path) -> Result<Runtime, BenchError> {
+    /// kvmbox itself (this executable) with `--isolation <isolation>`, state under `root`.
+    pub fn kvmbox(root: &Path, isolation: &str) -> Result<Runtime, BenchError> {
         let exe = std::env::current_exe().map_err(|source| BenchError::Io {
             what: "locate",
             path: PathBuf::from("/proc/self/exe"),
@@ -53,7 +57,7 @@ impl Runtime {
                 "--root".into(),
                 root.display().to_string(),
                 "--isolation".into(),
-                "namespace".into(),
+                isolation.into(),
             ],
             launch: Launch::Direct,
         })
@@ -82,55 +86,196 @@ impl Runtime {
         })
     }
 
-    /// `run` container `id` from `bundle` once, wait for it, and return the wall time from
-    /// spawning the runtime to its exit.
-    pub fn run_once(&self, bundle: &Path, id: &str) -> Result<Duration, BenchError> {
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(&self.global_args)
-            .arg("run")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        prepare(&mut cmd, self.launch);
-        let start = Instant::now();
-        let child = cmd.spawn().map_err(|source| BenchError::Spawn {
-            runtime: self.name.clone(),
+    /// A command of this runtime: global args, then `args`; no stdin/stdout, stderr into
+    /// `stderr` (a file, never a pipe: the container process inherits it from `create`).
+    fn command(&self, args: &[&OsStr], stderr: &Path) -> Result<Command, BenchError> {
+        let err = File::create(stderr).map_err(|source| BenchError::Io {
+            what: "create",
+            path: stderr.to_path_buf(),
             source,
         })?;
-        let out = child
-            .wait_with_output()
-            .map_err(|source| BenchError::Spawn {
-                runtime: self.name.clone(),
-                source,
-            })?;
-        let elapsed = start.elapsed();
-        if out.status.success() {
-            return Ok(elapsed);
-        }
-        self.force_delete(id);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(BenchError::RunFailed {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&self.global_args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        prepare(&mut cmd, self.launch);
+        Ok(cmd)
+    }
+
+    /// Run `<runtime> <args>` to completion within `timeout`; its wall time.
+    fn timed(
+        &self,
+        command: &'static str,
+        args: &[&OsStr],
+        id: &str,
+        work: &Path,
+        timeout: Duration,
+    ) -> Result<Duration, BenchError> {
+        let stderr = work.join(format!("{id}.{command}.stderr"));
+        let mut cmd = self.command(args, &stderr)?;
+        let spawn_err = |source| BenchError::Spawn {
             runtime: self.name.clone(),
+            source,
+        };
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let status = process::wait_child(&mut child, timeout).map_err(spawn_err)?;
+        let elapsed = start.elapsed();
+        let failed = |status: String| BenchError::RunFailed {
+            runtime: self.name.clone(),
+            command,
             id: id.into(),
-            status: out.status.to_string(),
-            stderr: stderr.trim().lines().last().unwrap_or("").to_string(),
+            status,
+            stderr: last_line(&stderr),
+        };
+        match status {
+            Some(s) if s.success() => Ok(elapsed),
+            Some(s) => Err(failed(s.to_string())),
+            None => Err(failed(format!("timed out after {} s", timeout.as_secs()))),
+        }
+    }
+
+    /// `run` container `id` from `bundle` once, within `timeout`; the wall time from spawning
+    /// the runtime to its exit. A failure leaves nothing behind (`delete --force`).
+    pub fn run_once(
+        &self,
+        bundle: &Path,
+        id: &str,
+        work: &Path,
+        timeout: Duration,
+    ) -> Result<Duration, BenchError> {
+        let args = [
+            OsStr::new("run"),
+            OsStr::new("--bundle"),
+            bundle.as_os_str(),
+            OsStr::new(id),
+        ];
+        self.timed("run", &args, id, work, timeout)
+            .inspect_err(|_| self.force_delete(id, work))
+    }
+
+    /// Drive container `id` through create, start, exit and delete, timing each phase; between
+    /// create and start, sample the memory of the container's process (`--pid-file`). `overhead`
+    /// is subtracted from every command (see [`Launch::PrivateMountNs`]). A failure leaves
+    /// nothing behind (`delete --force`).
+    pub fn lifecycle_once(
+        &self,
+        bundle: &Path,
+        id: &str,
+        work: &Path,
+        overhead: Duration,
+        timeout: Duration,
+    ) -> Result<Lifecycle, BenchError> {
+        self.lifecycle_inner(bundle, id, work, overhead, timeout)
+            .inspect_err(|_| self.force_delete(id, work))
+    }
+
+    fn lifecycle_inner(
+        &self,
+        bundle: &Path,
+        id: &str,
+        work: &Path,
+        overhead: Duration,
+        timeout: Duration,
+    ) -> Result<Lifecycle, BenchError> {
+        let pid_file = work.join(format!("{id}.pid"));
+        let id_os = OsStr::new(id);
+        let create_args = [
+            OsStr::new("create"),
+            OsStr::new("--bundle"),
+            bundle.as_os_str(),
+            OsStr::new("--pid-file"),
+            pid_file.as_os_str(),
+            id_os,
+        ];
+        let create = self.timed("create", &create_args, id, work, timeout)?;
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(|| BenchError::RunFailed {
+                runtime: self.name.clone(),
+                command: "create",
+                id: id.into(),
+                status: "success".into(),
+                stderr: format!("no pid in {}", pid_file.display()),
+            })?;
+        let io = |what: &'static str| {
+            let path = PathBuf::from(format!("/proc/{pid}"));
+            move |source| BenchError::Io { what, path, source }
+        };
+        let pidfd = process::pidfd_open(pid).map_err(io("pidfd_open"))?;
+        let memory = memory::sample(pid, None).ok();
+        let start = self.timed("start", &[OsStr::new("start"), id_os], id, work, timeout)?;
+        let started = Instant::now();
+        if !process::wait_pidfd(&pidfd, timeout).map_err(io("wait for the exit of"))? {
+            return Err(BenchError::RunFailed {
+                runtime: self.name.clone(),
+                command: "start",
+                id: id.into(),
+                status: "running".into(),
+                stderr: format!("the container process did not exit within {timeout:?}"),
+            });
+        }
+        let exit = started.elapsed();
+        let delete = self.timed("delete", &[OsStr::new("delete"), id_os], id, work, timeout)?;
+        Ok(Lifecycle {
+            create: create.saturating_sub(overhead),
+            start: start.saturating_sub(overhead),
+            exit,
+            delete: delete.saturating_sub(overhead),
+            memory,
         })
     }
 
-    /// Best-effort `delete --force id` after a failed run.
-    fn force_delete(&self, id: &str) {
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(&self.global_args)
-            .args(["delete", "--force", id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        prepare(&mut cmd, self.launch);
-        let _ = cmd.status();
+    /// Best-effort `delete --force id` after a failure.
+    fn force_delete(&self, id: &str, work: &Path) {
+        let args = [OsStr::new("delete"), OsStr::new("--force"), OsStr::new(id)];
+        let stderr = work.join(format!("{id}.force-delete.stderr"));
+        if let Ok(mut cmd) = self.command(&args, &stderr) {
+            if let Ok(mut child) = cmd.spawn() {
+                let _ = process::wait_child(&mut child, Duration::from_secs(30));
+            }
+        }
     }
+}
+
+/// Wall times of one container's life through a runtime's OCI commands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifecycle {
+    /// `create` (bundle → container process waiting for start).
+    pub create: Duration,
+    /// `start` (until the command returns).
+    pub start: Duration,
+    /// From `start` returning to the container process's exit (seen through a pidfd).
+    pub exit: Duration,
+    /// `delete` of the stopped container.
+    pub delete: Duration,
+    /// The container process between create and start (the runtime's init waiting for start).
+    pub memory: Option<MemorySample>,
+}
+
+impl Lifecycle {
+    /// Phase names, in order, as reported.
+    pub const PHASES: [&'static str; 4] = ["create", "start", "exit", "delete"];
+
+    /// The phases' durations in [`Lifecycle::PHASES`] order.
+    pub fn phases(&self) -> [Duration; 4] {
+        [self.create, self.start, self.exit, self.delete]
+    }
+}
+
+/// The last non-empty line of a file (the one-line error of a runtime).
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 /// Time spawning and waiting for `exe` (e.g. /bin/true) launched with `launch`.

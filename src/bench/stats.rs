@@ -44,6 +44,31 @@ impl Summary {
     }
 }
 
+/// Minimum, median and maximum of unit-less values (e.g. KiB).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spread {
+    /// Number of values.
+    pub n: usize,
+    /// Smallest value.
+    pub min: f64,
+    /// Median value.
+    pub median: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// Summarise `values`; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        Summary::of_ms(values).map(|s| Spread {
+            n: s.runs,
+            min: s.min_ms,
+            median: s.median_ms,
+            max: s.max_ms,
+        })
+    }
+}
+
 /// Median of `a` divided by the median of `b` (`None` if `b`'s median is zero).
 pub fn median_ratio(a: &Summary, b: &Summary) -> Option<f64> {
     (b.median_ms > 0.0).then(|| a.median_ms / b.median_ms)
@@ -79,6 +104,13 @@ mod tests {
     fn durations_are_converted_to_milliseconds() {
         let s = Summary::of(&[Duration::from_micros(1500), Duration::from_millis(3)]).unwrap();
         assert!((s.median_ms - 2.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spread_is_min_median_max() {
+        let s = Spread::of(&[30.0, 10.0, 20.0]).unwrap();
+        assert_eq!((s.n, s.min, s.median, s.max), (3, 10.0, 20.0, 30.0));
+        assert_eq!(Spread::of(&[]), None);
     }
 
     #[test]
