@@ -133,7 +133,7 @@ impl DiskConfig {
 }
 
 /// A host directory shared with the guest over virtio-fs (`mount -t virtiofs <tag> <dir>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsConfig {
     /// Mount tag (1..=36 bytes).
     pub tag: String,
