@@ -219,6 +219,7 @@ pub struct VmConfig {
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
     /// Host directories shared over virtio-fs, one device each.
+    #[serde(default)]
     pub shared_dirs: Vec<FsConfig>,
 }
 

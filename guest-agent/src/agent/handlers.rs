@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{Process, Spec};
 
 use super::containers::{self, Container, ProcessRecord};
+use super::guest_env;
 use super::relay::Relay;
 use super::server::{exited, Outcome, Server};
 use super::stats;
@@ -119,8 +120,11 @@ impl Server {
             .ok_or_else(|| format!("{} does not exist", describe(p)))
     }
 
-    fn create(&mut self, id: &str, spec: Spec, stdio: StdioSpec) -> Answer {
+    fn create(&mut self, id: &str, mut spec: Spec, stdio: StdioSpec) -> Answer {
         validate_id("container id", id)?;
+        if let Some(process) = spec.process_mut() {
+            guest_env::forward(process);
+        }
         if self.containers.contains_key(id) {
             return Err(format!("container {id} already exists"));
         }
@@ -303,6 +307,9 @@ impl Server {
 
     fn exec(&mut self, id: &str, exec_id: &str, process: &Process, stdio: StdioSpec) -> Answer {
         validate_id("exec id", exec_id)?;
+        let mut process = process.clone();
+        guest_env::forward(&mut process);
+        let process = &process;
         let c = self.container(id)?;
         if c.init.exit.is_some() {
             return Err(format!("container {id} is stopped; cannot exec {exec_id}"));

@@ -26,6 +26,7 @@
 mod containers;
 mod error;
 mod frames;
+mod guest_env;
 mod handlers;
 mod listen;
 pub mod log;
