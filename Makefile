@@ -71,8 +71,9 @@ demo: build
 	done; \
 	echo "(wall time of \`run\`: create + start + wait + delete; vm includes booting the guest kernel)"
 
-## test: every test tier (unit + end-to-end; the end-to-end suites need root)
-test:
+## test: every test tier (unit + end-to-end; the end-to-end suites need root; VM tests use the
+# static agent built by `agent` and the guest kernel from KVMBOX_KERNEL or the build cache)
+test: agent
 	$(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy, warnings are errors
