@@ -320,6 +320,22 @@ mod tests {
     }
 
     #[test]
+    fn glibc_tunables_are_one_init_environment_word() {
+        let (key, value) = EMULATED_CPU_GLIBC_TUNABLES.split_once('=').unwrap();
+        assert_eq!(key, "GLIBC_TUNABLES");
+        assert!(
+            !key.contains('.'),
+            "a dotted word would not reach init's environment"
+        );
+        assert!(!value.contains(char::is_whitespace));
+        assert!(value.starts_with("glibc.cpu.hwcaps=-AVX,-AVX2,"));
+        assert!(value.ends_with(",-AVX_Fast_Unaligned_Load"));
+        assert!(!VmConfig::new("/k")
+            .base_cmdline()
+            .contains("GLIBC_TUNABLES"));
+    }
+
+    #[test]
     fn disk_specs_parse() {
         assert_eq!(
             DiskConfig::parse("/a/b.img").unwrap(),
