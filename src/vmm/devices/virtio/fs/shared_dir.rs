@@ -6,6 +6,10 @@
 //!   create them as the VMM's user (root), handing the guest a host device node to leave behind;
 //! - ioctls (`ENOTTY`), DAX mappings (`ENOSYS`: no DAX window), `bmap`, `poll`.
 //!
+//! and it clamps the guest-supplied buffer sizes the passthrough allocates up front
+//! (`Vec::with_capacity(size)`): `getxattr`/`listxattr` to 64 KiB (Linux's own limit), `readdir`
+//! to 1 MiB — a guest asking for 4 GiB must not make the VMM allocate (or abort on) 4 GiB.
+//!
 //! On a read-only share it also refuses with `EROFS` every request that would change the
 //! directory: `setattr`, `create`, `mknod`, `mkdir`, `symlink`, `link`, `unlink`, `rmdir`,
 //! `rename`, `write`, `fallocate`, `setxattr`, `removexattr`, `open` for writing or with
@@ -25,6 +29,11 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+/// Largest xattr value or name list Linux has (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: u32 = 64 * 1024;
+/// Largest directory listing buffer (one FUSE request, 1 MiB).
+const READDIR_MAX: u32 = 1 << 20;
 
 /// Inode number type of the passthrough (u64).
 type Inode = u64;
@@ -353,11 +362,11 @@ impl FileSystem for SharedDirFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
@@ -384,7 +393,7 @@ impl FileSystem for SharedDirFs {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+            .readdir(ctx, inode, handle, size.min(READDIR_MAX), offset, add_entry)
     }
 
     fn readdirplus(
@@ -397,7 +406,7 @@ impl FileSystem for SharedDirFs {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size.min(READDIR_MAX), offset, add_entry)
     }
 
     fn fsyncdir(

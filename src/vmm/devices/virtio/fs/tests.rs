@@ -467,6 +467,31 @@ fn malformed_fuse_requests_get_error_replies() {
     let r = h.call(Opcode::Write, e.nodeid, w.as_slice());
     assert!(r.header.error < 0 || parse::<WriteOut>(&r.body).size == 0);
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
+    // GETXATTR / LISTXATTR asking for 4 GiB: answered (clamped to 64 KiB), no huge allocation.
+    let mut getx = Vec::new();
+    getx.extend_from_slice(&u32::MAX.to_ne_bytes()); // GetxattrIn { size, padding }
+    getx.extend_from_slice(&0u32.to_ne_bytes());
+    let mut named = getx.clone();
+    named.extend_from_slice(b"user.none\0");
+    let r = h.call(Opcode::Getxattr, e.nodeid, &named);
+    assert!(r.header.error < 0, "{}", r.header.error);
+    let r = h.call(Opcode::Listxattr, e.nodeid, &getx);
+    assert!(r.header.error <= 0);
+    // READDIR asking for more than the reply buffer holds: ENOMEM from the server.
+    let r = h.call(Opcode::Opendir, ROOT, OpenIn::default().as_slice());
+    assert_eq!(r.header.error, 0);
+    let dh = parse::<OpenOut>(&r.body).fh;
+    let big = ReadIn {
+        fh: dh,
+        size: u32::MAX,
+        ..Default::default()
+    };
+    assert_eq!(
+        h.call(Opcode::Readdirplus, ROOT, big.as_slice())
+            .header
+            .error,
+        -libc::ENOMEM
+    );
     assert!(h.dev.stats().refused >= 3);
     assert!(!h.dev.needs_reset());
 }
