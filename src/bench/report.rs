@@ -264,13 +264,15 @@ impl Report {
         let r = d.run.as_ref()?;
         let all = r
             .all_userspace_ms
-            .map_or("not all reached".into(), |v| format!("{:.1} s", v / 1e3));
+            .map_or("not all reached their init line".into(), |v| {
+                format!("all at their init line after {:.1} s", v / 1e3)
+            });
         let per_vm = d
             .host_kib_per_vm
             .map_or("-".into(), |h| format!("{} MiB", mib(h.median)));
         Some(format!(
-            "density: {} kvmbox VMs at once: {} booted, all at their init line after {all}; \
-             host memory per VM (PSS + guest RAM touched, median) {per_vm}",
+            "density: {} kvmbox VMs at once: {} booted, {all}; host memory per VM (PSS + guest \
+             RAM touched, median) {per_vm}",
             r.vms, r.booted
         ))
     }

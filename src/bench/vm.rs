@@ -241,11 +241,16 @@ impl Observation {
             (self.init_line, self.init_done, self.exited, self.status)
         else {
             let what = match (self.init_line, self.init_done, self.status) {
-                (_, _, None) => "timed out",
+                (None, _, None) => "timed out before the init line (killed)",
+                (_, _, None) => "timed out after the init line (killed)",
                 (None, _, _) => "no init line on the console",
                 (_, None, _) => "the init's process did not finish",
                 _ => "incomplete",
             };
+            if self.status.is_none() {
+                // The VMM's last stderr line is no error of its own here.
+                return Err(what.to_string());
+            }
             return Err(format!("{what}: {}", self.error_line()));
         };
         if !status.code().is_some_and(ok_status) {
@@ -396,6 +401,12 @@ mod tests {
             .into_run(Vmm::Kvmbox)
             .unwrap_err()
             .contains("first_kvm_run"));
+        let mut o = obs(Some(30), 0);
+        (o.init_line, o.status) = (None, None);
+        assert_eq!(
+            o.into_run(Vmm::Kvmbox).unwrap_err(),
+            "timed out before the init line (killed)"
+        );
     }
 
     #[test]
