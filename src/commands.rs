@@ -207,7 +207,10 @@ fn run_vm_foreground(rt: &Runtime, args: &RunArgs) -> Result<i32> {
     let outcome = (|| -> Result<i32> {
         if let Some(sig) = crate::runtime::vm::foreground::pending_termination() {
             // Interrupted during the boot: do not start it.
-            tracing::warn!("container {}: signal {sig} during create; not starting it", c.id);
+            tracing::warn!(
+                "container {}: signal {sig} during create; not starting it",
+                c.id
+            );
             return Ok(128 + sig);
         }
         let target = target_of(&record)?;

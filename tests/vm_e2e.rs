@@ -237,6 +237,10 @@ fn run_with_input(
         start.elapsed().as_secs_f32(),
         status.code()
     );
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("kvmbox: error:")) {
+        eprintln!("    {line}");
+    }
     Outcome {
         command,
         code: status.code(),
@@ -448,16 +452,14 @@ fn boot_failures_are_explained_and_leave_nothing() {
     .error_line(&["no guest kernel", "build.sh", "KVMBOX_KERNEL"]);
     vm.assert_no_leftovers(&id);
 
-    // No /dev/kvm: an empty file bind-mounted over it in a private mount namespace.
+    // No /dev/kvm: a private mount namespace whose /dev is a tmpfs holding only /dev/null.
     let id = vm.h.id("vmnokvm");
-    let empty = vm.h.dir().join("not-kvm");
-    fs::write(&empty, "").unwrap();
-    let script = format!("mount --bind {} /dev/kvm && exec \"$@\"", empty.display());
+    let script = "mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3 && exec \"$@\"";
     let mut args = vec![
         "-m".to_string(),
         "sh".into(),
         "-c".into(),
-        script,
+        script.into(),
         "sh".into(),
         env!("CARGO_BIN_EXE_kvmbox").into(),
         "--root".into(),
@@ -479,7 +481,7 @@ fn boot_failures_are_explained_and_leave_nothing() {
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
-    out.error_line(&["/dev/kvm"]);
+    out.error_line(&["/dev/kvm not found", &id]);
     vm.assert_no_leftovers(&id);
 
     // The agent does not answer in time (1 s is far less than a boot): the error names the

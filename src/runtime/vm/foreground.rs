@@ -40,7 +40,12 @@ pub fn block_forwarded() {
 /// A SIGINT, SIGTERM, SIGHUP or SIGQUIT that arrived while blocked (consumed), if any.
 pub fn pending_termination() -> Option<i32> {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         set.add(s);
     }
     let zero = libc::timespec {
