@@ -1,7 +1,9 @@
 //! One real boot of the guest agent: an initramfs with the static `kvmbox-agent` as `/init` and a
 //! busybox rootfs at `/containers/<id>/rootfs`, booted with a vsock device; the test talks to
 //! the agent through the VMM's hybrid vsock socket (`CONNECT 1024` / `CONNECT 1025`), runs
-//! `echo hello` in a container, deletes it and checks that the VM powered off.
+//! `echo hello` in a container (stdout stream, exit 0, cgroup v2 stats), a second container that
+//! exceeds its memory limit (137, oom_killed), deletes both and checks that the VM powered off
+//! after the last one.
 //!
 //! Needs the static agent: `KVMBOX_AGENT`, else `target/x86_64-unknown-linux-gnu/release/
 //! kvmbox-agent`, built with
@@ -87,7 +89,7 @@ fn initramfs(agent: &Path) -> Initramfs {
     }
     fs.host_file(&format!("{root}/bin/busybox"), Path::new("/bin/busybox"))
         .expect("/bin/busybox (Debian busybox-static) is needed");
-    for a in ["sh", "echo", "cat"] {
+    for a in ["sh", "echo", "cat", "dd"] {
         fs.symlink(&format!("{root}/bin/{a}"), "busybox");
     }
     fs
@@ -108,7 +110,7 @@ fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
 /// Connect to guest vsock `port` through the VMM; None while nobody listens there.
 fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
     let mut s = UnixStream::connect(uds).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(240))).ok()?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).ok()?;
     match read_line(&mut s) {
         Ok(l) if l.starts_with("OK ") => Some(s),
@@ -116,11 +118,14 @@ fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
     }
 }
 
-fn call(c: &mut UnixStream, req: &Request) -> ResponseBody {
-    write_frame(c, req).unwrap();
-    match read_frame(c).unwrap() {
-        Response::Ok(b) => b,
-        Response::Error { message } => panic!("{req:?}: {message}"),
+/// One request/response; panics with the serial log on failure.
+fn call(c: &mut UnixStream, req: &Request, serial_log: &Path) -> ResponseBody {
+    let serial = || std::fs::read_to_string(serial_log).unwrap_or_default();
+    write_frame(c, req).unwrap_or_else(|e| panic!("{req:?}: {e}; serial:\n{}", serial()));
+    match read_frame(c) {
+        Ok(Response::Ok(b)) => b,
+        Ok(Response::Error { message }) => panic!("{req:?}: {message}; serial:\n{}", serial()),
+        Err(e) => panic!("{req:?}: {e}; serial:\n{}", serial()),
     }
 }
 
@@ -149,7 +154,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         uds_path: uds.clone(),
     });
     let start = Instant::now();
-    let deadline = start + vm_common::boot_timeout(420);
+    let deadline = start + vm_common::boot_timeout(600);
     let vm = std::thread::spawn(move || {
         let machine = VmBuilder::new(config, BootTimer::new(Instant::now()))
             .build()
@@ -157,6 +162,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         machine.run().map(|r| r.exit).map_err(|e| e.to_string())
     });
     let serial = || std::fs::read_to_string(&serial_log).unwrap_or_default();
+    let rpc = |c: &mut UnixStream, req: &Request| call(c, req, &serial_log);
 
     // Retry until the agent listens.
     let mut control = loop {
@@ -199,7 +205,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
     assert_eq!(r, Response::Ok(ResponseBody::Ok), "serial:\n{}", serial());
 
     let spec: Spec = serde_json::from_str(SPEC).unwrap();
-    let created = call(
+    let created = rpc(
         &mut control,
         &Request::CreateContainer {
             id: ID.into(),
@@ -211,8 +217,8 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         },
     );
     assert!(matches!(created, ResponseBody::Pid { .. }), "{created:?}");
-    call(&mut control, &Request::StartContainer { id: ID.into() });
-    let exited = call(&mut control, &Request::WaitProcess { process: init });
+    rpc(&mut control, &Request::StartContainer { id: ID.into() });
+    let exited = rpc(&mut control, &Request::WaitProcess { process: init });
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     assert_eq!(out, "hello\n", "serial:\n{}", serial());
@@ -221,7 +227,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         "{exited:?}; serial:\n{}",
         serial()
     );
-    let stats = call(&mut control, &Request::Stats { id: ID.into() });
+    let stats = rpc(&mut control, &Request::Stats { id: ID.into() });
     let ResponseBody::Stats(stats) = stats else {
         panic!("{stats:?}")
     };
@@ -234,8 +240,67 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
         t_run.as_secs_f64()
     );
 
+    // A second container over its memory limit is OOM-killed: 137 and oom_killed.
+    let mut oom: Spec = serde_json::from_str(SPEC).unwrap();
+    let mut p = oom.process().clone().unwrap();
+    p.set_args(Some(
+        ["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    oom.set_process(Some(p));
+    let mut linux = oom.linux().clone().unwrap();
+    let mut res = linux.resources().clone().unwrap();
+    let mut mem = res.memory().unwrap();
+    mem.set_limit(Some(8 << 20));
+    res.set_memory(Some(mem));
+    linux.set_resources(Some(res));
+    oom.set_linux(Some(linux));
+    rpc(
+        &mut control,
+        &Request::CreateContainer {
+            id: "oom".into(),
+            spec: Box::new(oom),
+            stdio: StdioSpec::default(),
+        },
+    );
+    rpc(&mut control, &Request::StartContainer { id: "oom".into() });
+    let oom_exit = rpc(
+        &mut control,
+        &Request::WaitProcess {
+            process: ProcessRef {
+                container_id: "oom".into(),
+                exec_id: None,
+            },
+        },
+    );
+    assert_eq!(
+        oom_exit,
+        ResponseBody::Exited {
+            status: 137,
+            signal: Some(9),
+            oom_killed: true
+        },
+        "serial:\n{}",
+        serial()
+    );
+    rpc(
+        &mut control,
+        &Request::DeleteContainer {
+            id: "oom".into(),
+            force: false,
+        },
+    );
+    // Not the last container: the VM still serves.
+    let state = rpc(&mut control, &Request::ContainerState { id: ID.into() });
+    assert!(matches!(state, ResponseBody::State { .. }), "{state:?}");
+    eprintln!(
+        "OOM container done after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
     // Deleting the last container powers the VM off.
-    call(
+    rpc(
         &mut control,
         &Request::DeleteContainer {
             id: ID.into(),

@@ -690,3 +690,33 @@ fn a_hung_up_tty_stream_does_not_make_the_agent_spin() {
     assert!(used < 20, "the agent used {used} ticks in 1 s while idle");
     c.delete("hup");
 }
+
+#[test]
+fn sigterm_removes_every_container_and_exits() {
+    if !is_root() {
+        return;
+    }
+    let mut a = Agent::start();
+    let mut c = a.control();
+    let pid = c.create("term", a.spec(&["sleep", "30"]), StdioSpec::default());
+    c.start("term");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while a.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The container's init is gone (not even a zombie: the agent reaped it) and so is the
+    // listening socket.
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!a.sock.exists());
+    let cg = a.cgroup_parent.trim_start_matches('/').to_string();
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/{cg}/term")).exists());
+}

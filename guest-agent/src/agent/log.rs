@@ -30,7 +30,7 @@ fn uptime() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Write one line ("[uptime] kvmbox-agent: <msg>\n"); errors are ignored (nowhere else to
+/// Write one line (`[uptime] kvmbox-agent: MSG`); errors are ignored (nowhere else to
 /// report them).
 pub fn line(msg: &str) {
     let text = format!("[{:9.3}] kvmbox-agent: {msg}\n", uptime());

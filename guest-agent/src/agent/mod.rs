@@ -15,6 +15,11 @@
 //! `OK <port>\n`. It does no mounts and no power-off, and runs containers on the host (cgroup v1
 //! there: `Stats` answers an error).
 //!
+//! Known limits: a container init cloned while the agent holds other processes' stream sockets
+//! keeps copies of them (close-on-exec) until it is started, so with several containers per VM
+//! a stdout EOF can be delayed until that container starts; the agent's own copies are closed
+//! (or, for TTY streams, shut down) as soon as it no longer needs them.
+//!
 //! [`CONTROL_PORT`]: crate::protocol::CONTROL_PORT
 //! [`STDIO_PORT`]: crate::protocol::STDIO_PORT
 
