@@ -125,6 +125,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
+    // Readable by every kvmbox user of the shared cache (tempfile creates 0600).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -438,6 +442,8 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(cached.len(), 1);
+        let mode = cached[0].as_ref().unwrap().metadata().unwrap().mode();
+        assert_eq!(mode & 0o777, 0o644);
         build_initrd(&plan, "c2", &rootfs, &state).unwrap();
         assert_eq!(
             std::fs::read_dir(plan.cache_dir.join("initramfs"))

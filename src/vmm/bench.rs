@@ -372,8 +372,9 @@ pub struct VmmMemoryRun {
 }
 
 /// Boot `initrd` (an init that prints [`INIT_MARKER`] and then sleeps, see
-/// [`marker_initramfs_holding`]) in a `kvmbox-vmm` process, measure its memory once the
-/// marker appeared, then stop it with SIGTERM.
+/// [`marker_initramfs_holding`]) in a `kvmbox-vmm` process with a serial log file and a vsock
+/// device (as `vm_launch` configures it), measure its memory once the marker appeared, then
+/// stop it with SIGTERM.
 pub fn measure_vmm_memory(
     vmm: &Path,
     kernel: &Path,
@@ -388,6 +389,11 @@ pub fn measure_vmm_memory(
     vm.memory_mib = memory_mib;
     vm.serial = super::config::SerialOutput::File(console.clone());
     vm.cpu_profile = CpuProfile::choose(None, Path::new(KVM_PVM_SYSFS)).profile;
+    // Like a container VM (vm_launch): with the vsock device.
+    vm.vsock = Some(super::config::VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("vsock.sock"),
+    });
     let config = super::process::VmmProcessConfig {
         vm,
         timings_file: None,
