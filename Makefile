@@ -72,7 +72,8 @@ demo: build
 	echo "(wall time of \`run\`: create + start + wait + delete; vm includes booting the guest kernel)"
 
 ## test: every test tier (unit + end-to-end; the end-to-end suites need root)
-test:
+# (`agent` first: the VM suites boot the static guest agent, tests/vm_e2e.rs)
+test: agent
 	$(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy, warnings are errors
