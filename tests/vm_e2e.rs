@@ -528,6 +528,6 @@ fn boot_failures_are_explained_and_leave_nothing() {
             ("KVMBOX_AGENT_TIMEOUT", vm.agent_timeout().as_ref()),
         ],
     );
-    out.error_line(&["vmm", "console.log", "panic"]);
+    out.error_line(&["vmm", "console.log", "kernel panic"]);
     vm.assert_no_leftovers(&id);
 }
