@@ -530,4 +530,10 @@ fn boot_failures_are_explained_and_leave_nothing() {
     );
     out.error_line(&["vmm", "console.log", "kernel panic"]);
     vm.assert_no_leftovers(&id);
+    // The log of the failed boot was kept (the state dir is gone) where the error says.
+    let kept = std::env::temp_dir().join(format!("kvmbox-{id}.console.log"));
+    assert!(out.stderr.contains(&kept.display().to_string()), "{out}");
+    let log = fs::read_to_string(&kept).expect("the kept console log");
+    assert!(log.contains("Kernel panic"), "{log}");
+    fs::remove_file(&kept).unwrap();
 }
