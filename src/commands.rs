@@ -200,10 +200,19 @@ fn run(rt: &Runtime, args: &RunArgs) -> Result<i32> {
 /// relay our stdio, start, wait for the exit status, delete unless --keep.
 fn run_vm_foreground(rt: &Runtime, args: &RunArgs) -> Result<i32> {
     let c = &args.create;
+    crate::runtime::vm::foreground::block_forwarded();
     let created =
         rt.create_vm_foreground(&c.id, &create_options(c, c.console_socket.as_deref()))?;
     let record = created.record;
     let outcome = (|| -> Result<i32> {
+        if let Some(sig) = crate::runtime::vm::foreground::pending_termination() {
+            // Interrupted during the boot: do not start it.
+            tracing::warn!(
+                "container {}: signal {sig} during create; not starting it",
+                c.id
+            );
+            return Ok(128 + sig);
+        }
         let target = target_of(&record)?;
         let Some(streams) = created.streams else {
             // A --console-socket pty: a forked relay holds it; we only wait.

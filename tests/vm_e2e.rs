@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use common::{Bundle, Harness, Outcome};
 use serde_json::{json, Value};
 
+/// How much longer than the agent timeout (a boot) one kvmbox command may take.
+const COMMAND_MARGIN: Duration = Duration::from_secs(120);
+
 /// One VM test at a time within this binary.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,6 +31,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 struct Vm {
     h: Harness,
     kernel: PathBuf,
+    agent: PathBuf,
     root: PathBuf,
     timeout: Duration,
     _file_lock: fs::File,
@@ -39,13 +43,14 @@ impl Vm {
     fn new() -> Option<Vm> {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let kernel = vm_common::guest_kernel()?;
-        if let Err(msg) = find_agent() {
-            if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") {
+        let agent = match find_agent() {
+            Ok(a) => a,
+            Err(msg) if std::env::var("KVMBOX_SKIP_VM_TESTS").as_deref() == Ok("1") => {
                 eprintln!("skipped (KVMBOX_SKIP_VM_TESTS=1): {msg}");
                 return None;
             }
-            panic!("{msg}");
-        }
+            Err(msg) => panic!("{msg}"),
+        };
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -59,8 +64,9 @@ impl Vm {
         Some(Vm {
             h,
             kernel,
+            agent,
             root,
-            timeout: vm_common::boot_timeout(240),
+            timeout: vm_common::boot_timeout(400),
             _file_lock: lock,
             _serial: serial,
         })
@@ -94,9 +100,18 @@ impl Vm {
             &full,
             self.h.dir(),
             stdin,
-            self.timeout,
-            &[("KVMBOX_KERNEL", &self.kernel)],
+            self.timeout + COMMAND_MARGIN,
+            &[
+                ("KVMBOX_KERNEL", self.kernel.as_os_str()),
+                ("KVMBOX_AGENT", self.agent.as_os_str()),
+                ("KVMBOX_AGENT_TIMEOUT", self.agent_timeout().as_ref()),
+            ],
         )
+    }
+
+    /// The agent timeout for the kvmbox commands: as long as a boot may take here.
+    fn agent_timeout(&self) -> std::ffi::OsString {
+        self.timeout.as_secs().to_string().into()
     }
 
     fn state(&self, id: &str) -> Value {
@@ -140,32 +155,30 @@ impl Vm {
     }
 }
 
-/// The static agent: `KVMBOX_AGENT` or cargo's target dir.
+/// The static agent: `KVMBOX_AGENT` or cargo's target dir (not the dynamically linked debug
+/// build next to kvmbox, which cannot run in the guest).
 fn find_agent() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("KVMBOX_AGENT") {
         return Ok(PathBuf::from(p));
     }
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_kvmbox"));
     let dir = exe.parent().expect("exe dir");
-    for p in [
-        dir.join("kvmbox-agent"),
-        dir.join("../x86_64-unknown-linux-gnu/release/kvmbox-agent"),
-    ] {
-        if p.is_file() {
-            return Ok(p);
-        }
+    let p = dir.join("../x86_64-unknown-linux-gnu/release/kvmbox-agent");
+    if p.is_file() {
+        return Ok(p);
     }
     Err("no static kvmbox-agent built: run `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p guest-agent --release --bin kvmbox-agent --target x86_64-unknown-linux-gnu` (make test does) or set KVMBOX_AGENT".into())
 }
 
-/// Run kvmbox with `args`, feeding `stdin` (closed stdin if None); stdout/stderr go to files
-/// (a relay may outlive the command holding them). Fails the test after `timeout`.
+/// Run kvmbox with `args` and `env` (an empty value removes the variable), feeding `stdin`
+/// (closed stdin if None); stdout/stderr go to files (a relay may outlive the command holding
+/// them). Fails the test after `timeout`.
 fn run_with_input(
     args: &[String],
     cwd: &Path,
     stdin: Option<&str>,
     timeout: Duration,
-    env: &[(&str, &Path)],
+    env: &[(&str, &std::ffi::OsStr)],
 ) -> Outcome {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -184,7 +197,11 @@ fn run_with_input(
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap());
     for (k, v) in env {
-        cmd.env(k, v);
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     let start = Instant::now();
     let mut child = cmd
@@ -220,6 +237,10 @@ fn run_with_input(
         start.elapsed().as_secs_f32(),
         status.code()
     );
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("kvmbox: error:")) {
+        eprintln!("    {line}");
+    }
     Outcome {
         command,
         code: status.code(),
@@ -384,8 +405,8 @@ fn boot_failures_are_explained_and_leave_nothing() {
     let b = vm.bundle("true");
     let bundle = b.dir.to_str().unwrap();
 
-    // Kernel missing.
-    let id = vm.h.id("vmnokernel");
+    // A --kernel that does not exist is named.
+    let id = vm.h.id("vmbadkernel");
     vm.kvmbox(
         &[
             "run",
@@ -397,19 +418,48 @@ fn boot_failures_are_explained_and_leave_nothing() {
         ],
         None,
     )
-    .error_line(&["/nonexistent/vmlinux", "build"]);
+    .error_line(&["/nonexistent/vmlinux", "--kernel"]);
     vm.assert_no_leftovers(&id);
 
-    // No /dev/kvm: an empty file bind-mounted over it in a private mount namespace.
+    // No kernel anywhere (no flag, no KVMBOX_KERNEL, an empty build cache): the error says how
+    // to build one.
+    let id = vm.h.id("vmnokernel");
+    let empty_cache = vm.h.dir().join("empty-cache");
+    fs::create_dir_all(&empty_cache).unwrap();
+    let args: Vec<String> = [
+        "--root",
+        vm.root.to_str().unwrap(),
+        "--isolation",
+        "vm",
+        "run",
+        "--bundle",
+        bundle,
+        &id,
+    ]
+    .map(String::from)
+    .to_vec();
+    run_with_input(
+        &args,
+        vm.h.dir(),
+        None,
+        vm.timeout,
+        &[
+            ("KVMBOX_KERNEL", "".as_ref()),
+            ("KVMBOX_CACHE", empty_cache.as_os_str()),
+            ("KVMBOX_AGENT", vm.agent.as_os_str()),
+        ],
+    )
+    .error_line(&["no guest kernel", "build.sh", "KVMBOX_KERNEL"]);
+    vm.assert_no_leftovers(&id);
+
+    // No /dev/kvm: a private mount namespace whose /dev is a tmpfs holding only /dev/null.
     let id = vm.h.id("vmnokvm");
-    let empty = vm.h.dir().join("not-kvm");
-    fs::write(&empty, "").unwrap();
-    let script = format!("mount --bind {} /dev/kvm && exec \"$@\"", empty.display());
+    let script = "mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3 && exec \"$@\"";
     let mut args = vec![
         "-m".to_string(),
         "sh".into(),
         "-c".into(),
-        script,
+        script.into(),
         "sh".into(),
         env!("CARGO_BIN_EXE_kvmbox").into(),
         "--root".into(),
@@ -421,6 +471,7 @@ fn boot_failures_are_explained_and_leave_nothing() {
     let out = Command::new("unshare")
         .args(&args)
         .env("KVMBOX_KERNEL", &vm.kernel)
+        .env("KVMBOX_AGENT", &vm.agent)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -430,7 +481,7 @@ fn boot_failures_are_explained_and_leave_nothing() {
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
-    out.error_line(&["/dev/kvm"]);
+    out.error_line(&["/dev/kvm not found", &id]);
     vm.assert_no_leftovers(&id);
 
     // The agent does not answer in time (1 s is far less than a boot): the error names the
@@ -470,9 +521,19 @@ fn boot_failures_are_explained_and_leave_nothing() {
         &args,
         vm.h.dir(),
         None,
-        vm.timeout,
-        &[("KVMBOX_KERNEL", &vm.kernel), ("KVMBOX_AGENT", &bad_agent)],
+        vm.timeout + COMMAND_MARGIN,
+        &[
+            ("KVMBOX_KERNEL", vm.kernel.as_os_str()),
+            ("KVMBOX_AGENT", bad_agent.as_os_str()),
+            ("KVMBOX_AGENT_TIMEOUT", vm.agent_timeout().as_ref()),
+        ],
     );
-    out.error_line(&["vmm", "console.log", "panic"]);
+    out.error_line(&["vmm", "console.log", "kernel panic"]);
     vm.assert_no_leftovers(&id);
+    // The log of the failed boot was kept (the state dir is gone) where the error says.
+    let kept = std::env::temp_dir().join(format!("kvmbox-{id}.console.log"));
+    assert!(out.stderr.contains(&kept.display().to_string()), "{out}");
+    let log = fs::read_to_string(&kept).expect("the kept console log");
+    assert!(log.contains("Kernel panic"), "{log}");
+    fs::remove_file(&kept).unwrap();
 }

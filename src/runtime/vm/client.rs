@@ -301,6 +301,14 @@ fn retry_until<T>(
             Err(ProtocolError::Malformed(e)) => {
                 return Err(target.connection_error(ProtocolError::Malformed(e)))
             }
+            Err(ProtocolError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                last = "no answer from the guest yet".into()
+            }
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())));

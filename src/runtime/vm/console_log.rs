@@ -70,9 +70,14 @@ fn read_tail(path: &Path) -> std::io::Result<Vec<String>> {
         })
         .filter(|l| !l.is_empty())
         .collect();
+    // A kernel panic's reason is followed by a stack dump: quote the reason too.
+    let panic = lines.iter().rposition(|l| l.contains("Kernel panic"));
     let skip = lines.len().saturating_sub(TAIL_LINES);
-    lines.drain(..skip);
-    Ok(lines)
+    let mut tail: Vec<String> = lines.split_off(skip);
+    if let Some(i) = panic.filter(|&i| i < skip) {
+        tail.insert(0, lines.swap_remove(i));
+    }
+    Ok(tail)
 }
 
 #[cfg(test)]
@@ -97,6 +102,22 @@ mod tests {
             path.display()
         )));
         assert!(!d.contains('\n'));
+    }
+
+    #[test]
+    fn a_kernel_panic_reason_is_quoted_before_its_stack_dump() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut text =
+            String::from("boot\n[ 1.0] Kernel panic - not syncing: No working init found.\n");
+        for i in 0..20 {
+            text.push_str(&format!("[ 1.{i}]  ? frame{i}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let log = ConsoleLog::read(&path);
+        assert_eq!(log.tail.len(), TAIL_LINES + 1);
+        assert!(log.tail[0].contains("Kernel panic - not syncing: No working init found."));
+        assert_eq!(log.tail.last().unwrap(), "[ 1.19]  ? frame19");
     }
 
     #[test]

@@ -26,6 +26,37 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 /// Status reported for a process the guest's OOM killer killed.
 pub const OOM_STATUS: i32 = 137;
 
+/// Block the forwarded signals now, before a long `create` (the boot): an interrupt during
+/// the boot then neither kills us half-way (leaving a VMM behind) nor gets lost; see
+/// [`pending_termination`].
+pub fn block_forwarded() {
+    let mut signals = SigSet::empty();
+    for s in FORWARDED {
+        signals.add(*s);
+    }
+    let _ = signals.thread_block();
+}
+
+/// A SIGINT, SIGTERM, SIGHUP or SIGQUIT that arrived while blocked (consumed), if any.
+pub fn pending_termination() -> Option<i32> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid sigset; info may be null.
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+    (sig > 0).then_some(sig)
+}
+
 /// A guest process relayed in the foreground.
 pub struct Foreground {
     id: String,

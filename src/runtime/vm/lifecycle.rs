@@ -430,13 +430,19 @@ pub fn kill(record: &ContainerRecord, signal: i32, all: bool) -> Result<()> {
         AgentError::VmmGone { .. } => RuntimeError::NotRunning(id.clone()),
         e => agent_err(id)(e),
     })?;
-    client
-        .request_ok(&Request::SignalProcess {
-            process: init_ref(id),
-            signal,
-            all,
-        })
-        .map_err(agent_err(id))
+    let result = client.request_ok(&Request::SignalProcess {
+        process: init_ref(id),
+        signal,
+        all,
+    });
+    match result {
+        Ok(()) => Ok(()),
+        // The process already exited: say so the way namespace mode does.
+        Err(AgentError::Refused(_)) if matches!(status(record), Ok(Status::Stopped)) => {
+            Err(RuntimeError::NotRunning(id.clone()))
+        }
+        Err(e) => Err(agent_err(id)(e)),
+    }
 }
 
 /// `delete`: remove the container in the guest, power the VM off (SIGKILL if it does not stop

@@ -420,9 +420,11 @@ fn relay_child(
         }
         _ => None,
     };
+    // Only SIGWINCH is blocked (and waited for): a mask inherited from a foreground caller
+    // must not keep SIGTERM/SIGHUP from ending the relay.
     let mut winch = SigSet::empty();
     winch.add(Signal::SIGWINCH);
-    let _ = winch.thread_block();
+    let _ = winch.thread_set_mask();
     let terminal = streams.spec.terminal;
     let mut relay = match Relay::start(streams, end) {
         Ok(r) => r,
