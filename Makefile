@@ -85,7 +85,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: kvmbox vs runc vs crun, `run` of /bin/true; writes $(BENCH_OUT)/results.md
+## bench: kvmbox namespace vs runc vs crun (create/start/exit/delete of /bin/true); writes
+# $(BENCH_OUT)/bench.svg, bench.md and bench.json (`kvmbox bench` without --isolation adds the VM modes)
 bench: build
 	$(RELEASE) --isolation namespace bench --runs $(BENCH_RUNS) --output $(BENCH_OUT)
 
