@@ -6,7 +6,15 @@
 //!   create them as the VMM's user (root), handing the guest a host device node to leave behind;
 //! - ioctls (`ENOTTY`), DAX mappings (`ENOSYS`: no DAX window), `bmap`, `poll`.
 //!
-//! and it clamps the guest-supplied buffer sizes the passthrough allocates up front
+//! It also keeps fuse-backend-rs 0.14's passthrough away from a double close: its `read` and
+//! `write` wrap the handle's fd in a temporary `File` and, when `fcntl(F_SETFL, <flags from the
+//! request>)` fails (an `O_PATH` handle, `O_DIRECT` where unsupported ...), return early and drop
+//! that `File` — closing the handle's fd while the handle keeps the number, so a later open
+//! reuses it and the guest's handle then reaches an unrelated VMM file (found by the fuzzer).
+//! The guard refuses `O_PATH` opens (`EINVAL`; a FUSE client never sends them) and passes each
+//! handle's own open flags to `read`/`write`, so the passthrough never calls that `fcntl`.
+//!
+//! And it clamps the guest-supplied buffer sizes the passthrough allocates up front
 //! (`Vec::with_capacity(size)`): `getxattr`/`listxattr` to 64 KiB (Linux's own limit), `readdir`
 //! to 1 MiB — a guest asking for 4 GiB must not make the VMM allocate (or abort on) 4 GiB.
 //!
@@ -15,10 +23,11 @@
 //! `rename`, `write`, `fallocate`, `setxattr`, `removexattr`, `open` for writing or with
 //! `O_TRUNC`, and `access` with `W_OK`. Everything else is delegated to the passthrough.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -48,6 +57,8 @@ fn erofs() -> io::Error {
 pub struct SharedDirFs {
     inner: PassthroughFs<()>,
     read_only: bool,
+    /// Open flags of each live handle, as the passthrough recorded them.
+    handle_flags: Mutex<HashMap<Handle, u32>>,
 }
 
 impl SharedDirFs {
@@ -75,12 +86,26 @@ impl SharedDirFs {
         let inner = PassthroughFs::<()>::new(cfg)?;
         // The import sets umask 0 process-wide; requests get it per thread (see `umask`).
         super::umask::restoring(|| inner.import())?;
-        Ok(Arc::new(SharedDirFs { inner, read_only }))
+        Ok(Arc::new(SharedDirFs {
+            inner,
+            read_only,
+            handle_flags: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Whether writes are refused with `EROFS`.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<Handle, u32>> {
+        self.handle_flags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The flags `handle` was opened with, else `requested` (an unknown handle fails in the
+    /// passthrough before its flags matter).
+    fn open_flags(&self, handle: Handle, requested: u32) -> u32 {
+        self.handles().get(&handle).copied().unwrap_or(requested)
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -111,6 +136,7 @@ impl FileSystem for SharedDirFs {
     }
 
     fn destroy(&self) {
+        self.handles().clear();
         self.inner.destroy()
     }
 
@@ -233,10 +259,17 @@ impl FileSystem for SharedDirFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
+        if flags as i32 & libc::O_PATH != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         if opens_for_write(flags) {
             self.writable()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        if let Some(handle) = opened.0 {
+            self.handles().insert(handle, flags);
+        }
+        Ok(opened)
     }
 
     fn create(
@@ -247,7 +280,14 @@ impl FileSystem for SharedDirFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        self.inner.create(ctx, parent, name, args)
+        if args.flags as i32 & libc::O_PATH != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let created = self.inner.create(ctx, parent, name, args)?;
+        if let Some(handle) = created.1 {
+            self.handles().insert(handle, args.flags);
+        }
+        Ok(created)
     }
 
     fn read(
@@ -261,6 +301,7 @@ impl FileSystem for SharedDirFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.open_flags(handle, flags);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -279,6 +320,7 @@ impl FileSystem for SharedDirFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let flags = self.open_flags(handle, flags);
         self.inner.write(
             ctx,
             inode,
@@ -331,8 +373,13 @@ impl FileSystem for SharedDirFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let released =
+            self.inner
+                .release(ctx, inode, flags, handle, flush, flock_release, lock_owner);
+        if released.is_ok() {
+            self.handles().remove(&handle);
+        }
+        released
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {

@@ -308,6 +308,37 @@ fn lookup_open_and_read_a_host_file() {
 }
 
 #[test]
+fn handle_fds_survive_odd_flags_and_o_path_is_refused() {
+    let dir = share_with(&[("f", b"data")]);
+    let mem = memory();
+    let mut h = Harness::new(&mem, dir.path(), false);
+    h.init();
+    let e = h.lookup(ROOT, "f").unwrap();
+    // fuse-backend-rs would close an O_PATH handle's fd on the first READ (double close).
+    assert_eq!(
+        h.open(e.nodeid, libc::O_PATH | libc::O_NOFOLLOW).err(),
+        Some(libc::EINVAL)
+    );
+    // READs carrying flags other than the handle's: the handle keeps working.
+    let fh = h.open(e.nodeid, libc::O_RDONLY).unwrap();
+    for flags in [libc::O_PATH, libc::O_DIRECT | libc::O_NOATIME, -1] {
+        let r = h.call(
+            Opcode::Read,
+            e.nodeid,
+            ReadIn {
+                fh,
+                size: 64,
+                flags: flags as u32,
+                ..Default::default()
+            }
+            .as_slice(),
+        );
+        assert_eq!(r.header.error, 0, "flags {flags:#x}");
+        assert_eq!(r.body, b"data");
+    }
+}
+
+#[test]
 fn create_and_write_reach_the_host() {
     let dir = share_with(&[]);
     let mem = memory();
