@@ -5,13 +5,11 @@
 
 mod vm_common;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 
 const DISK_SECTORS: usize = 128;
 const DISK_BYTES: usize = DISK_SECTORS * 512;
@@ -58,19 +56,7 @@ fn init_script() -> String {
 }
 
 fn initramfs() -> Initramfs {
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, init_script());
-    fs
+    vm_common::busybox_initramfs(&init_script())
 }
 
 #[test]
@@ -88,42 +74,15 @@ fn guest_uses_virtio_blk_rng_and_console() {
     let stdout_path = dir.path().join("stdout");
 
     let timeout = vm_common::boot_timeout(120);
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
-        .args(["vm", "boot", "--rng", "--virtio-console", "--kernel"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvmbox"));
+    cmd.args(["vm", "boot", "--rng", "--virtio-console", "--kernel"])
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
         .arg("--disk")
-        .arg(&disk)
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    eprintln!(
-        "boot took {:.1} s; guest output:\n{out}\nstderr:\n{stderr}",
-        start.elapsed().as_secs_f64()
-    );
+        .arg(&disk);
+    let vm_common::BootRun { status, out, .. } =
+        vm_common::run_boot(&mut cmd, &stdout_path, timeout);
     let status = status.unwrap_or_else(|| panic!("VM did not power off within {timeout:?}"));
     assert_eq!(status.code(), Some(0), "kvmbox failed");
     assert!(out.contains("DEVICES-DONE"), "init did not finish");

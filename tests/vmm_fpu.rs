@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kvmbox::vmm::builder::VmBuilder;
 use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, KVM_PVM_SYSFS};
 use kvmbox::vmm::exit::VmExit;
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 use kvmbox::vmm::timings::BootTimer;
 
 /// Round trips per register class; every one is two context switches in the guest.
@@ -52,19 +52,8 @@ fn initramfs(checker: &Path) -> Initramfs {
          echo \"PIPELINES $ok/{PIPELINES} ok\"\n\
          /bin/busybox poweroff -f\n"
     );
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
+    let mut fs = vm_common::busybox_initramfs(&script);
     fs.host_file("bin/fpu_check", checker).unwrap();
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, script);
     fs
 }
 

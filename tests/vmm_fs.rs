@@ -6,13 +6,9 @@
 
 mod vm_common;
 
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 
 const HOST_TEXT: &str = "hello from the host over virtio-fs";
 const GUEST_TEXT: &str = "written by the guest";
@@ -42,23 +38,8 @@ fn init_script() -> String {
 }
 
 fn initramfs() -> Initramfs {
-    let mut fs = Initramfs::new();
-    fs.dir("bin")
-        .dir("dev")
-        .dir("proc")
-        .dir("sys")
-        .dir("mnt")
-        .dir("ro");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, init_script());
+    let mut fs = vm_common::busybox_initramfs(&init_script());
+    fs.dir("mnt").dir("ro");
     fs
 }
 
@@ -83,44 +64,17 @@ fn guest_mounts_reads_and_writes_shared_directories() {
     let stdout_path = dir.path().join("stdout");
 
     let timeout = vm_common::boot_timeout(180);
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
-        .args(["vm", "boot", "--kernel"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvmbox"));
+    cmd.args(["vm", "boot", "--kernel"])
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
         .arg("--share")
         .arg(format!("hostshare={}", share.display()))
         .arg("--share")
-        .arg(format!("roshare={},ro", ro.display()))
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    eprintln!(
-        "boot took {:.1} s; guest output:\n{out}\nstderr:\n{stderr}",
-        start.elapsed().as_secs_f64()
-    );
+        .arg(format!("roshare={},ro", ro.display()));
+    let vm_common::BootRun { status, out, .. } =
+        vm_common::run_boot(&mut cmd, &stdout_path, timeout);
     let status = status.unwrap_or_else(|| panic!("VM did not power off within {timeout:?}"));
     assert_eq!(status.code(), Some(0), "kvmbox failed");
     assert!(out.contains("FS-DONE"), "init did not finish");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kvmbox::vmm::builder::VmBuilder;
 use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, VsockConfig, KVM_PVM_SYSFS};
 use kvmbox::vmm::exit::VmExit;
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 use kvmbox::vmm::timings::BootTimer;
 
 /// Compile the guest helper statically.
@@ -33,19 +33,8 @@ fn initramfs(helper: &Path) -> Initramfs {
          /bin/busybox mount -t devtmpfs dev /dev\n\
          /bin/vsock_guest 5000 6000 'hello from guest' || echo GUEST FAILED\n\
          /bin/busybox poweroff -f\n";
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
+    let mut fs = vm_common::busybox_initramfs(script);
     fs.host_file("bin/vsock_guest", helper).unwrap();
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, script);
     fs
 }
 

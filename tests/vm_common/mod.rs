@@ -1,9 +1,82 @@
 //! Shared by the real-guest tests (`tests/vmm_*.rs`): where the guest kernel is, and how long a
-//! boot may take on this host.
+//! boot may take on this host, a busybox initramfs, and running `kvmbox vm boot` to completion.
+#![allow(dead_code)] // each test crate uses its own subset
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmbox::vmm::initramfs::{Entry, Initramfs};
+
+/// An initramfs with /bin/busybox (+ `bin/sh`), /dev/console, empty /dev /proc /sys and `script`
+/// as /init. Callers add their own files.
+pub fn busybox_initramfs(script: &str) -> Initramfs {
+    let mut fs = Initramfs::new();
+    fs.dir("bin").dir("dev").dir("proc").dir("sys");
+    fs.add(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
+        .expect("/bin/busybox (Debian busybox-static) is needed");
+    fs.symlink("bin/sh", "busybox");
+    fs.file("init", 0o755, script.to_string());
+    fs
+}
+
+/// What a finished (or timed-out) `kvmbox vm boot` left.
+pub struct BootRun {
+    /// Exit status; None when it was killed after the timeout.
+    pub status: Option<ExitStatus>,
+    /// The guest's serial console (the command's stdout).
+    pub out: String,
+    /// The VMM's stderr.
+    pub stderr: String,
+}
+
+/// Run `cmd` (a `kvmbox vm boot ...`), its stdout into `stdout_path`, kill it after `timeout`,
+/// and print the guest output for the test log.
+pub fn run_boot(cmd: &mut Command, stdout_path: &Path, timeout: Duration) -> BootRun {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(stdout_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let out = std::fs::read_to_string(stdout_path).unwrap_or_default();
+    eprintln!(
+        "boot took {:.1} s; guest output:\n{out}\nstderr:\n{stderr}",
+        start.elapsed().as_secs_f64()
+    );
+    BootRun {
+        status,
+        out,
+        stderr,
+    }
+}
 
 /// The guest kernel: `$KVMBOX_KERNEL`, else `kernel-config/build.sh --print-path`. `None` (after
 /// saying so) when none is built and `KVMBOX_SKIP_VM_TESTS=1`; otherwise a missing kernel fails
