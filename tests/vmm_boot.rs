@@ -6,7 +6,6 @@
 
 mod vm_common;
 
-use std::path::Path;
 use std::process::Command;
 
 use kvmbox::vmm::bench::{time_boot, INIT_MARKER};
@@ -28,14 +27,7 @@ fn pipeline_initramfs() -> Initramfs {
          echo \"boot-timer pipeline failed: status $st\"\n\
          exit 1\n"
     );
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
+    let mut fs = vm_common::busybox_initramfs(&script);
     // Also in the image, so the boot-timer write does not depend on the devtmpfs mount.
     fs.add(Entry::CharDev {
         path: "dev/port".into(),
@@ -43,10 +35,6 @@ fn pipeline_initramfs() -> Initramfs {
         major: 1,
         minor: 4,
     });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, script);
     fs
 }
 

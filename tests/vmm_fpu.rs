@@ -9,7 +9,6 @@
 mod vm_common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmbox::vmm::builder::VmBuilder;
@@ -25,14 +24,7 @@ const PIPELINES: u32 = 10;
 
 /// Compile the checker statically.
 fn build_checker(out: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fpu_check.c");
-    let status = Command::new("gcc")
-        .args(["-static", "-O2", "-s", "-o"])
-        .arg(out)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed to build the guest checker");
-    assert!(status.success(), "gcc failed on {}", src.display());
+    vm_common::compile_static_fixture("fpu_check.c", "-O2", out);
 }
 
 fn initramfs(checker: &Path) -> Initramfs {

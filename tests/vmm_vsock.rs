@@ -7,7 +7,6 @@ mod vm_common;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmbox::vmm::builder::VmBuilder;
@@ -18,14 +17,7 @@ use kvmbox::vmm::timings::BootTimer;
 
 /// Compile the guest helper statically.
 fn build_guest_helper(out: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vsock_guest.c");
-    let status = Command::new("gcc")
-        .args(["-static", "-Os", "-s", "-o"])
-        .arg(out)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed to build the guest helper");
-    assert!(status.success(), "gcc failed on {}", src.display());
+    vm_common::compile_static_fixture("vsock_guest.c", "-Os", out);
 }
 
 fn initramfs(helper: &Path) -> Initramfs {

@@ -28,6 +28,20 @@ pub fn busybox_initramfs(script: &str) -> Initramfs {
     fs
 }
 
+/// Compile `tests/fixtures/<fixture>` (C) into a static, stripped guest binary at `out`.
+pub fn compile_static_fixture(fixture: &str, opt: &str, out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    let status = Command::new("gcc")
+        .args(["-static", opt, "-s", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the guest test programs");
+    assert!(status.success(), "gcc failed on {}", src.display());
+}
+
 /// What a finished (or timed-out) `kvmbox vm boot` left.
 pub struct BootRun {
     /// Exit status; None when it was killed after the timeout.
