@@ -260,6 +260,13 @@ fn init(id: &str) -> ProcessRef {
     }
 }
 
+fn exec_ref(id: &str, exec_id: &str) -> ProcessRef {
+    ProcessRef {
+        container_id: id.into(),
+        exec_id: Some(exec_id.into()),
+    }
+}
+
 fn read_all(mut s: UnixStream) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -435,10 +442,7 @@ fn exec_runs_in_a_running_container() {
     let mut c = a.control();
     c.create("ex", a.spec(&["sleep", "30"]), StdioSpec::default());
     c.start("ex");
-    let e1 = ProcessRef {
-        container_id: "ex".into(),
-        exec_id: Some("e1".into()),
-    };
+    let e1 = exec_ref("ex", "e1");
     let out = a.stream(&e1, StreamKind::Stdout);
     let mut process: Process = a.spec(&["true"]).process().clone().unwrap();
     process.set_args(Some(vec![
@@ -623,10 +627,7 @@ fn exec_with_a_tty_gets_a_pty() {
     let mut c = a.control();
     c.create("extty", a.spec(&["sleep", "30"]), StdioSpec::default());
     c.start("extty");
-    let e = ProcessRef {
-        container_id: "extty".into(),
-        exec_id: Some("t".into()),
-    };
+    let e = exec_ref("extty", "t");
     let mut tty = a.stream(&e, StreamKind::Tty);
     let mut process: Process = a.spec(&["true"]).process().clone().unwrap();
     process.set_args(Some(vec![
