@@ -22,11 +22,9 @@ use guest_agent::protocol::{
     read_frame, write_frame, Hello, HelloReply, ProcessRef, Request, Response, ResponseBody,
     StdioSpec, StreamHello, StreamKind, CONTROL_PORT, PROTOCOL_VERSION, STDIO_PORT,
 };
-use kvmbox::vmm::builder::VmBuilder;
 use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, VsockConfig, KVM_PVM_SYSFS};
 use kvmbox::vmm::exit::VmExit;
 use kvmbox::vmm::initramfs::{Entry, Initramfs};
-use kvmbox::vmm::timings::BootTimer;
 use oci_spec::runtime::Spec;
 
 const ID: &str = "c1";
@@ -155,12 +153,7 @@ fn agent_runs_echo_hello_in_a_microvm_and_powers_off() {
     });
     let start = Instant::now();
     let deadline = start + vm_common::boot_timeout(600);
-    let vm = std::thread::spawn(move || {
-        let machine = VmBuilder::new(config, BootTimer::new(Instant::now()))
-            .build()
-            .map_err(|e| e.to_string())?;
-        machine.run().map(|r| r.exit).map_err(|e| e.to_string())
-    });
+    let vm = vm_common::spawn_vm(config);
     let serial = || std::fs::read_to_string(&serial_log).unwrap_or_default();
     let rpc = |c: &mut UnixStream, req: &Request| call(c, req, &serial_log);
 

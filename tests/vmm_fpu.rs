@@ -11,11 +11,9 @@ mod vm_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmbox::vmm::builder::VmBuilder;
 use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, KVM_PVM_SYSFS};
 use kvmbox::vmm::exit::VmExit;
 use kvmbox::vmm::initramfs::Initramfs;
-use kvmbox::vmm::timings::BootTimer;
 
 /// Round trips per register class; every one is two context switches in the guest.
 const ROUND_TRIPS: u32 = 100;
@@ -68,12 +66,7 @@ fn guest_processes_keep_their_vector_registers_and_pipelines_do_not_crash() {
     config.cpu_profile = profile;
     let start = Instant::now();
     let deadline = start + vm_common::boot_timeout(300);
-    let vm = std::thread::spawn(move || {
-        let machine = VmBuilder::new(config, BootTimer::new(Instant::now()))
-            .build()
-            .map_err(|e| e.to_string())?;
-        machine.run().map(|r| r.exit).map_err(|e| e.to_string())
-    });
+    let vm = vm_common::spawn_vm(config);
     let serial = || std::fs::read_to_string(&serial_log).unwrap_or_default();
     while !vm.is_finished() {
         assert!(

@@ -9,11 +9,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmbox::vmm::builder::VmBuilder;
 use kvmbox::vmm::config::{CpuProfile, SerialOutput, VmConfig, VsockConfig, KVM_PVM_SYSFS};
 use kvmbox::vmm::exit::VmExit;
 use kvmbox::vmm::initramfs::Initramfs;
-use kvmbox::vmm::timings::BootTimer;
 
 /// Compile the guest helper statically.
 fn build_guest_helper(out: &Path) {
@@ -94,12 +92,7 @@ fn guest_and_host_exchange_data_over_vsock_both_ways() {
     });
     let start = Instant::now();
     let deadline = start + vm_common::boot_timeout(120);
-    let vm = std::thread::spawn(move || {
-        let machine = VmBuilder::new(config, BootTimer::new(Instant::now()))
-            .build()
-            .map_err(|e| e.to_string())?;
-        machine.run().map(|r| r.exit).map_err(|e| e.to_string())
-    });
+    let vm = vm_common::spawn_vm(config);
     let serial = || std::fs::read_to_string(&serial_log).unwrap_or_default();
 
     // Guest → host: the guest connects to host port 6000 and says hello.

@@ -8,19 +8,9 @@ use nix::unistd::Pid;
 
 use crate::runtime::lifecycle::send_signal;
 use crate::runtime::process::{proc_state, ProcState};
+use crate::runtime::signal::FORWARDED;
 
 use super::tty::TtyProxy;
-
-/// Signals forwarded to the container process while we wait.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
 
 /// The signals [`wait_forwarding`] handles, blocked in this thread (and threads spawned after).
 pub struct BlockedSignals(SigSet);

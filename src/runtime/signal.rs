@@ -6,6 +6,18 @@ use nix::sys::signal::Signal;
 
 use super::error::{Result, RuntimeError};
 
+/// Signals a foreground `run`/`exec` forwards to the container process (namespace mode) or to
+/// the guest process through the agent (vm mode) while it waits.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
 /// Parse a signal given by name (with or without `SIG`, any case) or by number; returns the
 /// signal number. Real-time signals are accepted as `RTMIN`, `RTMIN+n`, `RTMAX-n` or by number.
 pub fn parse_signal(text: &str) -> Result<i32> {

@@ -42,6 +42,19 @@ pub fn compile_static_fixture(fixture: &str, opt: &str, out: &Path) {
     assert!(status.success(), "gcc failed on {}", src.display());
 }
 
+/// Build and run a VM from `config` on its own thread; the thread answers the VM's exit.
+pub fn spawn_vm(
+    config: kvmbox::vmm::config::VmConfig,
+) -> std::thread::JoinHandle<Result<kvmbox::vmm::exit::VmExit, String>> {
+    std::thread::spawn(move || {
+        let timer = kvmbox::vmm::timings::BootTimer::new(Instant::now());
+        let machine = kvmbox::vmm::builder::VmBuilder::new(config, timer)
+            .build()
+            .map_err(|e| e.to_string())?;
+        machine.run().map(|r| r.exit).map_err(|e| e.to_string())
+    })
+}
+
 /// What a finished (or timed-out) `kvmbox vm boot` left.
 pub struct BootRun {
     /// Exit status; None when it was killed after the timeout.

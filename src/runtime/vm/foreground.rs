@@ -10,17 +10,8 @@ use nix::sys::signal::{SigSet, Signal};
 use super::client::{AgentClient, AgentError, AgentTarget};
 use super::stdio::{HostEnd, ProcessStreams, RawMode, Relay, Resizer};
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::signal::FORWARDED;
 
-/// Signals forwarded to the guest process while we wait.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
 /// How long to wait for the last output after the process exited.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 /// Status reported for a process the guest's OOM killer killed.
