@@ -41,15 +41,9 @@ pub fn guest_rootfs_path(id: &str) -> String {
     format!("{GUEST_CONTAINERS_DIR}/{id}/rootfs")
 }
 
-/// The id must be usable as one path component.
+/// The id must be usable as one path component (the protocol's id rule).
 fn check_id(id: &str) -> Result<(), VmLaunchError> {
-    if id.is_empty() || id == "." || id == ".." || id.len() > 1024 || id.contains(['/', '\0', '\n'])
-    {
-        return Err(VmLaunchError::Initrd(format!(
-            "container id {id:?} cannot be a directory name in the guest"
-        )));
-    }
-    Ok(())
+    guest_agent::protocol::validate_id("container id", id).map_err(VmLaunchError::Initrd)
 }
 
 /// The agent archive: `/init` = the agent (0755), /dev/console, and [`AGENT_DIRS`].

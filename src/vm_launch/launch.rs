@@ -239,13 +239,10 @@ fn exited(pid: i32) -> bool {
 
 /// Whether `pid` exists and is not a zombie (for VMMs that are not our children).
 pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    matches!(
+        crate::runtime::process::proc_state(pid),
+        crate::runtime::process::ProcState::Alive { .. }
+    )
 }
 
 fn wait_exit(pid: i32, timeout: Duration) -> bool {
