@@ -264,6 +264,10 @@ pub struct Stats {
     pub pids_current: u64,
     /// pids.max (None = "max").
     pub pids_limit: Option<u64>,
+    /// The agent's own resident set (VmRSS of its /proc/self/status, KiB); absent from agents
+    /// that predate it.
+    #[serde(default)]
+    pub agent_rss_kib: Option<u64>,
 }
 
 /// A successful answer.

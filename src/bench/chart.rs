@@ -16,8 +16,9 @@ const WIDTH: u32 = 1000;
 const ROW: u32 = 34;
 /// Width of the mode-name column.
 const LABEL_AREA: u32 = 170;
-/// Colour-blind-safe phase colours (Okabe-Ito), assigned to phases in order of appearance.
-const PALETTE: [RGBColor; 8] = [
+/// Phase colours, assigned to phases in order of appearance: the colour-blind-safe Okabe-Ito
+/// set, then four darker tones for the VM panel's longer phase list.
+const PALETTE: [RGBColor; 12] = [
     RGBColor(0, 114, 178),
     RGBColor(230, 159, 0),
     RGBColor(0, 158, 115),
@@ -26,11 +27,17 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(213, 94, 0),
     RGBColor(240, 228, 66),
     RGBColor(120, 120, 120),
+    RGBColor(51, 34, 136),
+    RGBColor(136, 34, 85),
+    RGBColor(17, 119, 51),
+    RGBColor(153, 153, 51),
 ];
 /// Memory: the process outside guest RAM.
 const PROCESS_COLOR: RGBColor = RGBColor(90, 90, 90);
 /// Memory: guest RAM touched.
 const GUEST_COLOR: RGBColor = RGBColor(86, 180, 233);
+/// Memory: the guest agent's own RSS (part of guest RAM touched).
+const AGENT_COLOR: RGBColor = RGBColor(0, 68, 136);
 
 /// One horizontal bar: a label and its stacked segments (colour, value), or a reason why there
 /// are no numbers.
@@ -170,9 +177,16 @@ fn panels(report: &Report) -> Vec<Panel> {
             let mem = m.memory.as_ref()?;
             let process = mem.rss_kib.median / 1024.0;
             let guest = mem.guest_touched_kib.map_or(0.0, |g| g.median / 1024.0);
+            // The agent lives in guest RAM: its part of the guest segment is drawn apart.
+            let agent = mem
+                .agent_rss_kib
+                .map_or(0.0, |a| (a.median / 1024.0).min(guest));
             let mut segments = vec![(PROCESS_COLOR, process)];
+            if mem.agent_rss_kib.is_some() {
+                segments.push((AGENT_COLOR, agent));
+            }
             if mem.guest_touched_kib.is_some() {
-                segments.push((GUEST_COLOR, guest));
+                segments.push((GUEST_COLOR, guest - agent));
             }
             Some(Bar {
                 label: m.name.clone(),
@@ -183,15 +197,21 @@ fn panels(report: &Report) -> Vec<Panel> {
         })
         .collect();
     if !mem.is_empty() {
+        let mut legend = vec![(
+            "process (VMM, or the container's init) outside guest RAM".into(),
+            PROCESS_COLOR,
+        )];
+        if mem
+            .iter()
+            .flat_map(|b| &b.segments)
+            .any(|s| s.0 == AGENT_COLOR)
+        {
+            legend.push(("guest agent RSS (in guest RAM)".into(), AGENT_COLOR));
+        }
+        legend.push(("guest RAM touched".into(), GUEST_COLOR));
         out.push(Panel {
             title: "Memory per instance: median RSS (MiB)".into(),
-            legend: vec![
-                (
-                    "process (VMM, or the container's init) outside guest RAM".into(),
-                    PROCESS_COLOR,
-                ),
-                ("guest RAM touched".into(), GUEST_COLOR),
-            ],
+            legend,
             bars: mem,
         });
     }
@@ -403,6 +423,50 @@ mod tests {
         for pair in row.windows(2) {
             assert!((pair[1].0 - (pair[0].0 + pair[0].2)).abs() <= 1, "{row:?}");
         }
+    }
+
+    #[test]
+    fn vm_mode_memory_splits_the_agent_out_of_guest_ram() {
+        // Test data, not measurements: VMM 2 MiB, guest RAM touched 24 MiB of which the agent
+        // 4 MiB.
+        let mut report = test_report();
+        let runs = vec![vec![("VMM setup", std::time::Duration::from_millis(30))]];
+        let mem = crate::bench::memory::MemorySample {
+            rss_kib: 2048,
+            pss_kib: 1024,
+            guest_rss_kib: Some(24 * 1024),
+            agent_rss_kib: Some(4 * 1024),
+        };
+        report.modes[3] = ModeResult::measured(
+            "kvmbox vm",
+            ModeKind::Vm,
+            "0.1.0",
+            "run",
+            &runs,
+            crate::bench::report::MemoryResult::of("VMM + agent", &[mem]),
+        );
+        let svg = render(&report).unwrap();
+        assert!(svg.contains("guest agent RSS (in guest RAM)"));
+        assert!(
+            svg.contains("26.0 MiB"),
+            "the bar's total is VMM + guest RAM"
+        );
+        let agent: Vec<_> = bars(&svg)
+            .into_iter()
+            .filter(|b| b.3 == "#004488")
+            .collect();
+        let guest: Vec<_> = bars(&svg)
+            .into_iter()
+            .filter(|b| b.3 == "#56B4E9")
+            .collect();
+        // The kvmbox vm memory row: agent 4 MiB then the other 20 MiB of guest RAM, stacked.
+        let row = guest
+            .iter()
+            .find(|g| agent.iter().any(|a| a.1 == g.1))
+            .unwrap();
+        let a = agent.iter().find(|a| a.1 == row.1).unwrap();
+        assert!((row.2 - 5 * a.2).abs() <= 3, "{a:?} {row:?}");
+        assert!((row.0 - (a.0 + a.2)).abs() <= 1, "{a:?} {row:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Memory of one instance, read from `/proc/<pid>/smaps`: the process's own RSS and PSS with the
 //! guest-RAM mapping left out, and that mapping's resident size (guest memory the VM touched).
+//! For kvmbox `--isolation vm` the guest agent's own RSS is added from its Stats answer.
 
 /// One sample of a process's memory, in KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -10,6 +11,10 @@ pub struct MemorySample {
     pub pss_kib: u64,
     /// Resident part of the guest-RAM mapping (`None` for a process without one).
     pub guest_rss_kib: Option<u64>,
+    /// The guest agent's own RSS (inside guest RAM touched), from its Stats answer (kvmbox
+    /// `--isolation vm` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_rss_kib: Option<u64>,
 }
 
 impl MemorySample {

@@ -20,6 +20,7 @@ pub mod runtimes;
 pub mod stats;
 pub mod table;
 pub mod vm;
+pub mod vm_mode;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +34,7 @@ use memory::MemorySample;
 use progress::Progress;
 use report::{names, DensityResult, MemoryResult, ModeKind, ModeResult, Outcome, Report};
 use runtimes::{Launch, Lifecycle, Runtime};
-use stats::{Spread, Summary};
+use stats::Summary;
 use vm::{BootSetup, Vmm};
 
 /// Longest one container command may take.
@@ -134,7 +135,7 @@ impl Plan {
             return Err(BenchError::NoModes);
         }
         Ok(Plan {
-            density: if modes.contains(&VmmBoot) {
+            density: if modes.contains(&VmmBoot) || modes.contains(&Vm) {
                 args.density
             } else {
                 0
@@ -341,16 +342,44 @@ pub fn measure(plan: &Plan) -> Result<Report, BenchError> {
         .map(|c| c.result(ModeKind::Container, &container_workload))
         .collect();
 
-    // kvmbox --isolation vm: probe once; measure only when it works.
+    // kvmbox --isolation vm: probe once (it also gives the memory); measure when it works.
+    let mut vm_runtime = None;
     if probe_vm {
-        modes.push(measure_vm_isolation(plan, &bundle_dir, work, &progress)?);
+        let (result, runtime) =
+            measure_vm_isolation(plan, &bundle_dir, work, &progress, &mut notes)?;
+        modes.push(result);
+        vm_runtime = runtime;
     }
 
-    // VM boots and density.
-    if !boots.is_empty() || plan.density > 0 {
-        let setup = boot_setup(plan, &busybox, work);
-        let mut density = None;
-        match setup {
+    // VM boots, and density: K `kvmbox --isolation vm create`s when vm mode works, else K
+    // marker boots when vmm-boot is measured.
+    let density_timeout = vm_mode::density_timeout(plan.vm_timeout, plan.density, host.cpus);
+    let mut density = None;
+    if plan.density > 0 {
+        if let Some(runtime) = &vm_runtime {
+            progress.doing(format!(
+                "density: {} kvmbox vm containers at once",
+                plan.density
+            ));
+            let runtime = runtime.clone().with_agent_timeout(density_timeout);
+            density = Some(vm_mode::density(
+                &runtime,
+                &vm_mode::state_root(work),
+                &bundle_dir,
+                work,
+                plan.density,
+                density_timeout,
+            ));
+            progress.step();
+        } else if !boots.contains(&Vmm::Kvmbox) {
+            density = Some(DensityResult::unavailable(
+                "kvmbox vm did not work (see above) and vmm-boot is not measured".into(),
+            ));
+            progress.step();
+        }
+    }
+    if !boots.is_empty() {
+        match boot_setup(plan, &busybox, work) {
             Ok((setup, workload)) => {
                 modes.extend(measure_boots(
                     &setup,
@@ -359,9 +388,9 @@ pub fn measure(plan: &Plan) -> Result<Report, BenchError> {
                     &workload,
                     &progress,
                 ));
-                if plan.density > 0 {
+                if plan.density > 0 && density.is_none() {
                     progress.doing(format!("density: {} VMs at once", plan.density));
-                    density = Some(density_result(vm::density(&setup, plan.density)));
+                    density = Some(vm::density(&setup, plan.density, density_timeout));
                     progress.step();
                 }
                 notes.push(boot_note());
@@ -377,20 +406,15 @@ pub fn measure(plan: &Plan) -> Result<Report, BenchError> {
                         Outcome::Unavailable(why.clone()),
                     ));
                 }
-                if plan.density > 0 {
-                    density = Some(DensityResult {
-                        outcome: Outcome::Unavailable(why),
-                        run: None,
-                        host_kib_per_vm: None,
-                    });
+                if plan.density > 0 && density.is_none() {
+                    density = Some(DensityResult::unavailable(why));
+                    progress.step();
                 }
             }
         }
-        progress.finish();
-        return Ok(finish(host, started_utc, plan, modes, density, notes));
     }
     progress.finish();
-    Ok(finish(host, started_utc, plan, modes, None, notes))
+    Ok(finish(host, started_utc, plan, modes, density, notes))
 }
 
 /// Assemble the report.
@@ -459,50 +483,87 @@ fn boot_note() -> String {
     )
 }
 
-/// Probe `kvmbox --isolation vm run` once; when it works, time its phases `plan.vm_runs` times.
+/// Probe kvmbox `--isolation vm` once with a created instance (whose memory it samples); when
+/// it works, time the phases of `plan.vm_runs` `kvmbox run`s. The runtime comes back when the
+/// probe worked.
 fn measure_vm_isolation(
     plan: &Plan,
     bundle_dir: &Path,
     work: &Path,
     progress: &Progress,
-) -> Result<ModeResult, BenchError> {
+    notes: &mut Vec<String>,
+) -> Result<(ModeResult, Option<Runtime>), BenchError> {
     let workload = format!(
-        "create, start, exit, delete of /bin/true in the same bundle with --isolation vm; {} \
-         runs after the probe",
+        "`kvmbox --isolation vm run` of /bin/true in the same bundle (one microVM per \
+         container); {} runs after a probe (`create`, memory sample, `delete --force`)",
         plan.vm_runs
     );
-    let runtime = Runtime::kvmbox(&work.join("state-kvmbox-vm"), "vm")?;
-    progress.doing("kvmbox --isolation vm run: probe");
+    let root = vm_mode::state_root(work);
+    let runtime = Runtime::kvmbox(&root, "vm")?.with_agent_timeout(plan.vm_timeout);
+    progress.doing("kvmbox vm: probe (create, memory)");
     let id = format!("bench-{}-vm-probe", std::process::id());
-    let probe = runtime.run_once(bundle_dir, &id, work, plan.vm_timeout);
+    let probe = vm_mode::memory_probe(&runtime, &root, bundle_dir, &id, work, plan.vm_timeout);
     progress.step();
-    if let Err(e) = probe {
-        let why = match &e {
-            BenchError::RunFailed { stderr, .. } if !stderr.is_empty() => stderr.clone(),
-            other => other.to_string(),
-        };
-        for _ in 0..plan.vm_runs {
-            progress.step();
+    let sample = match probe {
+        Ok((sample, stats_err)) => {
+            if let Some(e) = stats_err {
+                notes.push(format!("kvmbox vm: the agent's RSS is missing: {e}"));
+            }
+            sample
         }
-        return Ok(ModeResult::without_numbers(
-            names::VM,
-            ModeKind::Vm,
-            &runtime.version,
-            &workload,
-            Outcome::Unavailable(why),
-        ));
-    }
-    let mut c = Contender::new(names::VM, runtime);
+        Err(e) => {
+            for _ in 0..plan.vm_runs {
+                progress.step();
+            }
+            let result = ModeResult::without_numbers(
+                names::VM,
+                ModeKind::Vm,
+                &runtime.version,
+                &workload,
+                Outcome::Unavailable(error_line(&e)),
+            );
+            return Ok((result, None));
+        }
+    };
+    notes.push(vm_mode::note());
+    let mut runs = Vec::new();
+    let mut failure = None;
     for round in 0..plan.vm_runs {
+        if failure.is_some() {
+            progress.step();
+            continue;
+        }
         progress.doing(format!("kvmbox vm: run {}/{}", round + 1, plan.vm_runs));
         let id = format!("bench-{}-vm-{round}", std::process::id());
-        let ok = c.once(bundle_dir, work, &id, plan.vm_timeout);
+        match vm_mode::run_once(&runtime, bundle_dir, &id, work, plan.vm_timeout) {
+            Ok(phases) => runs.push(phases),
+            Err(e) => failure = Some(error_line(&e)),
+        }
         progress.step();
-        if !ok {
-            break;
+    }
+    let memory = MemoryResult::of(
+        "VMM + agent, container created (probe)",
+        std::slice::from_ref(&sample),
+    );
+    let mut result = ModeResult::measured(
+        names::VM,
+        ModeKind::Vm,
+        &runtime.version,
+        &workload,
+        &runs,
+        memory,
+    );
+    if let Some(why) = failure {
+        notes.push(format!(
+            "kvmbox vm: {} of {} runs completed; then: {why}",
+            runs.len(),
+            plan.vm_runs
+        ));
+        if runs.is_empty() {
+            result.outcome = Outcome::Failed(why);
         }
     }
-    Ok(c.result(ModeKind::Vm, &workload))
+    Ok((result, Some(runtime)))
 }
 
 /// Find the kernel and QEMU and write the marker initramfs; the boot workload's description.
@@ -661,20 +722,6 @@ fn measure_boots(
             other => ModeResult::without_numbers(b.name, ModeKind::Vm, &b.version, workload, other),
         })
         .collect()
-}
-
-/// Summarise a density run.
-fn density_result(d: vm::Density) -> DensityResult {
-    let host: Vec<f64> = d.per_vm.iter().map(|s| s.host_kib() as f64).collect();
-    DensityResult {
-        outcome: if d.failures.is_empty() {
-            Outcome::Measured
-        } else {
-            Outcome::Failed(format!("{} of {} VMs failed", d.vms - d.booted, d.vms))
-        },
-        host_kib_per_vm: Spread::of(&host),
-        run: Some(d),
-    }
 }
 
 /// Median extra time of spawning /bin/true in a fresh private mount namespace (with the crun

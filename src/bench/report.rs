@@ -6,7 +6,6 @@ use super::host::HostInfo;
 use super::memory::MemorySample;
 use super::stats::{median_ratio, Spread, Summary};
 use super::table::{markdown_table, mib, ms, text_table};
-use super::vm::Density;
 
 /// Which isolation model a mode belongs to (the chart draws each on its own time scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +51,8 @@ pub struct MemoryResult {
     pub pss_kib: Spread,
     /// Resident guest RAM (VMs only).
     pub guest_touched_kib: Option<Spread>,
+    /// The guest agent's own RSS, part of guest RAM touched (kvmbox vm only).
+    pub agent_rss_kib: Option<Spread>,
 }
 
 impl MemoryResult {
@@ -66,6 +67,7 @@ impl MemoryResult {
             rss_kib: col(|s| Some(s.rss_kib))?,
             pss_kib: col(|s| Some(s.pss_kib))?,
             guest_touched_kib: col(|s| s.guest_rss_kib),
+            agent_rss_kib: col(|s| s.agent_rss_kib),
         })
     }
 }
@@ -156,12 +158,46 @@ impl ModeResult {
 /// The density run: K VMs started at once.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DensityResult {
-    /// Outcome (unavailable when there is no kernel, failed when a VM failed).
+    /// Outcome (unavailable when there is no kernel, failed when a VM did not get ready).
     pub outcome: Outcome,
-    /// The raw run.
-    pub run: Option<Density>,
+    /// What was started K times, what "ready" means and how long it was allowed.
+    pub what: String,
+    /// VMs started.
+    pub vms: usize,
+    /// VMs that got ready.
+    pub ready: usize,
+    /// First spawn → the last VM ready (ms), when every VM got ready.
+    pub all_ready_ms: Option<f64>,
     /// Host memory per VM: PSS outside guest RAM plus guest RAM touched (KiB).
     pub host_kib_per_vm: Option<Spread>,
+    /// One cell per VM.
+    pub per_vm: Vec<DensityVm>,
+}
+
+/// One VM of the density run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DensityVm {
+    /// First spawn → this VM ready (ms); None when it did not get ready.
+    pub ready_ms: Option<f64>,
+    /// "ready", or why not ("timed out after 600 s", "failed (...): ...").
+    pub status: String,
+    /// Its memory once ready.
+    pub memory: Option<MemorySample>,
+}
+
+impl DensityResult {
+    /// A density run that could not take place.
+    pub fn unavailable(why: String) -> DensityResult {
+        DensityResult {
+            outcome: Outcome::Unavailable(why),
+            what: String::new(),
+            vms: 0,
+            ready: 0,
+            all_ready_ms: None,
+            host_kib_per_vm: None,
+            per_vm: Vec::new(),
+        }
+    }
 }
 
 /// A ratio of medians, with the target it should stay under (if any).
@@ -261,19 +297,19 @@ impl Report {
     /// One line on the density run: `density: K kvmbox VMs at once: ...`.
     pub fn density_summary(&self) -> Option<String> {
         let d = self.density.as_ref()?;
-        let r = d.run.as_ref()?;
-        let all = r
-            .all_userspace_ms
-            .map_or("not all reached their init line".into(), |v| {
-                format!("all at their init line after {:.1} s", v / 1e3)
-            });
+        if d.vms == 0 {
+            return None;
+        }
+        let all = d.all_ready_ms.map_or("not all got ready".into(), |v| {
+            format!("all ready after {:.1} s", v / 1e3)
+        });
         let per_vm = d
             .host_kib_per_vm
             .map_or("-".into(), |h| format!("{} MiB", mib(h.median)));
         Some(format!(
-            "density: {} kvmbox VMs at once: {} booted, {all}; host memory per VM (PSS + guest \
+            "density: {} kvmbox VMs at once: {} ready, {all}; host memory per VM (PSS + guest \
              RAM touched, median) {per_vm}",
-            r.vms, r.booted
+            d.vms, d.ready
         ))
     }
 
@@ -339,7 +375,8 @@ impl Report {
             .collect()
     }
 
-    /// Rows of the memory table: mode, what, RSS, PSS, guest touched, host total (MiB medians).
+    /// Rows of the memory table: mode, what, RSS, PSS, guest touched, agent RSS, host total
+    /// (MiB medians).
     fn memory_rows(&self) -> Vec<Vec<String>> {
         self.modes
             .iter()
@@ -352,6 +389,7 @@ impl Report {
                     mib(mem.rss_kib.median),
                     mib(mem.pss_kib.median),
                     guest.map_or("-".into(), mib),
+                    mem.agent_rss_kib.map_or("-".into(), |a| mib(a.median)),
                     mib(mem.pss_kib.median + guest.unwrap_or(0.0)),
                 ])
             })
@@ -364,37 +402,38 @@ impl Report {
             return Vec::new();
         };
         let mut lines = Vec::new();
-        match (&d.outcome, &d.run) {
-            (Outcome::Unavailable(why), _) => lines.push(format!("unavailable: {why}")),
-            (outcome, Some(r)) => {
-                let when = |v: Option<f64>| v.map_or("-".into(), |v| format!("{} ms", ms(v)));
-                lines.push(format!(
-                    "{} kvmbox VMs started at once: {} booted; first spawn → last init line {}, \
-                     → last VM exited {}",
-                    r.vms,
-                    r.booted,
-                    when(r.all_userspace_ms),
-                    when(r.all_exited_ms)
-                ));
-                if let Some(h) = d.host_kib_per_vm {
-                    lines.push(format!(
-                        "host memory per VM (PSS outside guest RAM + guest RAM touched, at its \
-                         init line): median {} MiB (min {}, max {}); {} MiB for all {}",
-                        mib(h.median),
-                        mib(h.min),
-                        mib(h.max),
-                        mib(r.per_vm.iter().map(|s| s.host_kib() as f64).sum()),
-                        r.per_vm.len()
-                    ));
-                }
-                if let Outcome::Failed(why) = outcome {
-                    lines.push(format!("failed: {why}"));
-                }
-                for f in &r.failures {
-                    lines.push(format!("failure: {f}"));
-                }
-            }
-            (outcome, None) => lines.push(format!("{outcome:?}")),
+        if let Outcome::Unavailable(why) = &d.outcome {
+            lines.push(format!("unavailable: {why}"));
+            return lines;
+        }
+        let when = |v: Option<f64>| v.map_or("-".into(), |v| format!("{} ms", ms(v)));
+        lines.push(format!(
+            "{} kvmbox VMs started at once: {} ready; first spawn → last ready {}",
+            d.vms,
+            d.ready,
+            when(d.all_ready_ms)
+        ));
+        if let Some(h) = d.host_kib_per_vm {
+            let sampled: Vec<&MemorySample> =
+                d.per_vm.iter().filter_map(|v| v.memory.as_ref()).collect();
+            lines.push(format!(
+                "host memory per VM (PSS outside guest RAM + guest RAM touched, once ready): \
+                 median {} MiB (min {}, max {}); {} MiB for all {}",
+                mib(h.median),
+                mib(h.min),
+                mib(h.max),
+                mib(sampled.iter().map(|s| s.host_kib() as f64).sum()),
+                sampled.len()
+            ));
+        }
+        for (i, v) in d.per_vm.iter().enumerate() {
+            lines.push(format!("VM {i}: {}, {}", when(v.ready_ms), v.status));
+        }
+        if let Outcome::Failed(why) = &d.outcome {
+            lines.push(format!("failed: {why}"));
+        }
+        if !d.what.is_empty() {
+            lines.push(format!("workload: {}", d.what));
         }
         lines
     }
@@ -478,12 +517,13 @@ fn outcome_word(outcome: &Outcome) -> &'static str {
 }
 
 const PHASE_HEADERS: [&str; 5] = ["mode", "phase", "min", "median", "max"];
-const MEMORY_HEADERS: [&str; 6] = [
+const MEMORY_HEADERS: [&str; 7] = [
     "mode",
     "process sampled",
     "RSS excl. guest RAM",
     "PSS excl. guest RAM",
     "guest RAM touched",
+    "agent RSS (in guest)",
     "host total (PSS + guest)",
 ];
 
@@ -525,6 +565,7 @@ pub(crate) mod tests {
             rss_kib: 2048 * scale,
             pss_kib: 1024 * scale,
             guest_rss_kib: None,
+            agent_rss_kib: None,
         };
         ModeResult::measured(
             name,
@@ -554,6 +595,7 @@ pub(crate) mod tests {
                 rss_kib: 4096,
                 pss_kib: 3072,
                 guest_rss_kib: Some(20480),
+                agent_rss_kib: None,
             };
             ModeResult::measured(
                 name,
@@ -586,25 +628,21 @@ pub(crate) mod tests {
             vm_runs: 3,
             ratios: Report::compute_ratios(&modes),
             modes,
-            density: Some(DensityResult {
-                outcome: Outcome::Measured,
-                run: Some(Density {
-                    vms: 2,
-                    booted: 2,
-                    all_userspace_ms: Some(30_000.0),
-                    all_exited_ms: Some(32_000.0),
-                    per_vm: vec![
-                        MemorySample {
+            density: Some(DensityResult::of(
+                "2 × create".into(),
+                (0..2)
+                    .map(|i| DensityVm {
+                        ready_ms: Some(29_000.0 + 1000.0 * i as f64),
+                        status: "ready".into(),
+                        memory: Some(MemorySample {
                             rss_kib: 4096,
                             pss_kib: 2048,
                             guest_rss_kib: Some(20480),
-                        };
-                        2
-                    ],
-                    failures: Vec::new(),
-                }),
-                host_kib_per_vm: Spread::of(&[22528.0, 22528.0]),
-            }),
+                            agent_rss_kib: Some(3072),
+                        }),
+                    })
+                    .collect(),
+            )),
             notes: vec!["crun in a private mount namespace".into()],
         }
     }
@@ -674,7 +712,11 @@ pub(crate) mod tests {
             t.contains("median kvmbox VMM boot / QEMU microvm boot: 0.81\n"),
             "{t}"
         );
-        assert!(t.contains("2 kvmbox VMs started at once: 2 booted"), "{t}");
+        assert!(
+            t.contains("2 kvmbox VMs started at once: 2 ready; first spawn → last ready 30000 ms"),
+            "{t}"
+        );
+        assert!(t.contains("VM 0: 29000 ms, ready\n"), "{t}");
         assert!(t.contains("note: crun in a private mount namespace\n"));
     }
 
@@ -691,7 +733,9 @@ pub(crate) mod tests {
         );
         // VM memory: RSS 4, PSS 3, guest 20, host total 23 MiB.
         assert!(
-            md.contains("| kvmbox VMM boot | VMM at the init line | 4.00 | 3.00 | 20.00 | 23.00 |"),
+            md.contains(
+                "| kvmbox VMM boot | VMM at the init line | 4.00 | 3.00 | 20.00 | - | 23.00 |"
+            ),
             "{md}"
         );
         assert!(md.contains("## Density"), "{md}");
@@ -739,7 +783,8 @@ pub(crate) mod tests {
             v["modes"][4]["memory"]["guest_touched_kib"]["median"],
             20480.0
         );
-        assert_eq!(v["density"]["run"]["vms"], 2);
+        assert_eq!(v["density"]["vms"], 2);
+        assert_eq!(v["density"]["per_vm"][1]["memory"]["agent_rss_kib"], 3072);
         assert_eq!(v["host"]["guest_kernel_emulated"], true);
         assert_eq!(v["ratios"][1]["name"], "kvmbox namespace / crun");
     }

@@ -86,6 +86,17 @@ impl Runtime {
         })
     }
 
+    /// The same runtime with `--agent-timeout SECS` (kvmbox `--isolation vm`: how long a
+    /// command waits for the guest agent, which boots slowly where guest kernel code is
+    /// emulated).
+    pub fn with_agent_timeout(mut self, timeout: Duration) -> Runtime {
+        self.global_args.extend([
+            "--agent-timeout".into(),
+            timeout.as_secs().max(1).to_string(),
+        ]);
+        self
+    }
+
     /// A command of this runtime: global args, then `args`; no stdin/stdout, stderr into
     /// `stderr` (a file, never a pipe: the container process inherits it from `create`).
     fn command(&self, args: &[&OsStr], stderr: &Path) -> Result<Command, BenchError> {
@@ -113,12 +124,29 @@ impl Runtime {
         work: &Path,
         timeout: Duration,
     ) -> Result<Duration, BenchError> {
+        self.timed_env(command, args, &[], id, work, timeout)
+            .map(|(_, elapsed)| elapsed)
+    }
+
+    /// [`Runtime::timed`] with extra environment variables; the CLOCK_MONOTONIC time (ns) of
+    /// the spawn and the wall time.
+    fn timed_env(
+        &self,
+        command: &'static str,
+        args: &[&OsStr],
+        env: &[(&str, &OsStr)],
+        id: &str,
+        work: &Path,
+        timeout: Duration,
+    ) -> Result<(u64, Duration), BenchError> {
         let stderr = work.join(format!("{id}.{command}.stderr"));
         let mut cmd = self.command(args, &stderr)?;
+        cmd.envs(env.iter().copied());
         let spawn_err = |source| BenchError::Spawn {
             runtime: self.name.clone(),
             source,
         };
+        let start_ns = crate::vmm::bench::monotonic_ns();
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let status = process::wait_child(&mut child, timeout).map_err(spawn_err)?;
@@ -131,29 +159,66 @@ impl Runtime {
             stderr: last_line(&stderr),
         };
         match status {
-            Some(s) if s.success() => Ok(elapsed),
+            Some(s) if s.success() => Ok((start_ns, elapsed)),
             Some(s) => Err(failed(s.to_string())),
             None => Err(failed(format!("timed out after {} s", timeout.as_secs()))),
         }
     }
 
-    /// `run` container `id` from `bundle` once, within `timeout`; the wall time from spawning
-    /// the runtime to its exit. A failure leaves nothing behind (`delete --force`).
+    /// `run` container `id` from `bundle` once, within `timeout`, with `env` set; the
+    /// CLOCK_MONOTONIC time (ns) of the spawn and the wall time to the runtime's exit. A
+    /// failure leaves nothing behind (`delete --force`).
     pub fn run_once(
         &self,
         bundle: &Path,
         id: &str,
         work: &Path,
+        env: &[(&str, &OsStr)],
         timeout: Duration,
-    ) -> Result<Duration, BenchError> {
+    ) -> Result<(u64, Duration), BenchError> {
         let args = [
             OsStr::new("run"),
             OsStr::new("--bundle"),
             bundle.as_os_str(),
             OsStr::new(id),
         ];
-        self.timed("run", &args, id, work, timeout)
+        self.timed_env("run", &args, env, id, work, timeout)
             .inspect_err(|_| self.force_delete(id, work))
+    }
+
+    /// `create` container `id` from `bundle` within `timeout`, writing its pid to `pid_file`;
+    /// the wall time. On failure nothing is cleaned up (see [`Runtime::force_delete`]).
+    pub fn create(
+        &self,
+        bundle: &Path,
+        id: &str,
+        work: &Path,
+        pid_file: &Path,
+        timeout: Duration,
+    ) -> Result<Duration, BenchError> {
+        let create_args = [
+            OsStr::new("create"),
+            OsStr::new("--bundle"),
+            bundle.as_os_str(),
+            OsStr::new("--pid-file"),
+            pid_file.as_os_str(),
+            OsStr::new(id),
+        ];
+        self.timed("create", &create_args, id, work, timeout)
+    }
+
+    /// The pid a `create` wrote into `pid_file`.
+    pub fn created_pid(&self, id: &str, pid_file: &Path) -> Result<u32, BenchError> {
+        std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(|| BenchError::RunFailed {
+                runtime: self.name.clone(),
+                command: "create",
+                id: id.into(),
+                status: "success".into(),
+                stderr: format!("no pid in {}", pid_file.display()),
+            })
     }
 
     /// Drive container `id` through create, start, exit and delete, timing each phase; between
@@ -182,25 +247,8 @@ impl Runtime {
     ) -> Result<Lifecycle, BenchError> {
         let pid_file = work.join(format!("{id}.pid"));
         let id_os = OsStr::new(id);
-        let create_args = [
-            OsStr::new("create"),
-            OsStr::new("--bundle"),
-            bundle.as_os_str(),
-            OsStr::new("--pid-file"),
-            pid_file.as_os_str(),
-            id_os,
-        ];
-        let create = self.timed("create", &create_args, id, work, timeout)?;
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .ok_or_else(|| BenchError::RunFailed {
-                runtime: self.name.clone(),
-                command: "create",
-                id: id.into(),
-                status: "success".into(),
-                stderr: format!("no pid in {}", pid_file.display()),
-            })?;
+        let create = self.create(bundle, id, work, &pid_file, timeout)?;
+        let pid = self.created_pid(id, &pid_file)?;
         let io = |what: &'static str| {
             let path = PathBuf::from(format!("/proc/{pid}"));
             move |source| BenchError::Io { what, path, source }
@@ -229,13 +277,13 @@ impl Runtime {
         })
     }
 
-    /// Best-effort `delete --force id` after a failure.
-    fn force_delete(&self, id: &str, work: &Path) {
+    /// Best-effort `delete --force id` (after a failure, or to end a measured instance).
+    pub fn force_delete(&self, id: &str, work: &Path) {
         let args = [OsStr::new("delete"), OsStr::new("--force"), OsStr::new(id)];
         let stderr = work.join(format!("{id}.force-delete.stderr"));
         if let Ok(mut cmd) = self.command(&args, &stderr) {
             if let Ok(mut child) = cmd.spawn() {
-                let _ = process::wait_child(&mut child, Duration::from_secs(30));
+                let _ = process::wait_child(&mut child, Duration::from_secs(60));
             }
         }
     }

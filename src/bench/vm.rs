@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::memory::{self, MemorySample};
 use super::process;
+use super::report::{DensityResult, DensityVm};
 use crate::vmm::bench::{bench_cmdline, monotonic_ns, INIT_MARKER};
 
 /// The console line `dd` prints when the init's one process is done.
@@ -286,67 +287,58 @@ pub fn boot_once(setup: &BootSetup, vmm: Vmm) -> Result<BootRun, String> {
         .into_run(vmm)
 }
 
-/// K kvmbox VMs started at once.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Density {
-    /// VMs started.
-    pub vms: usize,
-    /// VMs that reached the init line and exited cleanly.
-    pub booted: usize,
-    /// First spawn → the last VM's init line (ms).
-    pub all_userspace_ms: Option<f64>,
-    /// First spawn → the last VM's exit (ms).
-    pub all_exited_ms: Option<f64>,
-    /// Each VM's memory at its init line.
-    pub per_vm: Vec<MemorySample>,
-    /// Why VMs failed.
-    pub failures: Vec<String>,
-}
-
-/// Start `k` kvmbox VMs at once and wait for all of them.
-pub fn density(setup: &BootSetup, k: usize) -> Density {
+/// `k` kvmbox VMs (`vm boot` of the marker initramfs) started at once, waited for until
+/// `timeout`: ready = the init's first console line; memory sampled then.
+pub fn density(setup: &BootSetup, k: usize, timeout: Duration) -> DensityResult {
     let start = Instant::now();
-    let deadline = start + setup.timeout;
-    let mut failures = Vec::new();
-    let running: Vec<Observed> = (0..k)
-        .filter_map(|i| {
+    let deadline = start + timeout;
+    let mut per_vm = Vec::with_capacity(k);
+    let running: Vec<Result<Observed, String>> = (0..k)
+        .map(|_| {
             Observed::spawn(setup.command(Vmm::Kvmbox), setup.guest_bytes())
-                .map_err(|e| failures.push(format!("VM {i}: cannot start: {e}")))
-                .ok()
+                .map_err(|e| format!("cannot start: {e}"))
         })
         .collect();
-    let offset = |o: &Observed| o.start.duration_since(start);
-    let mut userspace = Vec::new();
-    let mut exited = Vec::new();
-    let mut per_vm = Vec::new();
-    for (i, o) in running.into_iter().enumerate() {
-        let off = offset(&o);
-        match o.finish(deadline) {
+    for o in running {
+        let cell = |status: String| DensityVm {
+            ready_ms: None,
+            status,
+            memory: None,
+        };
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                per_vm.push(cell(e));
+                continue;
+            }
+        };
+        let off = o.start.duration_since(start);
+        per_vm.push(match o.finish(deadline) {
             Ok(obs) => {
-                let (init, exit) = (obs.init_line, obs.exited);
+                let init = obs.init_line;
                 match obs.into_run(Vmm::Kvmbox) {
-                    Ok(run) => {
-                        userspace.push(off + init.unwrap_or_default());
-                        exited.push(off + exit.unwrap_or_default());
-                        per_vm.extend(run.memory);
+                    Ok(run) => DensityVm {
+                        ready_ms: init.map(|d| (off + d).as_secs_f64() * 1e3),
+                        status: "ready".into(),
+                        memory: run.memory,
+                    },
+                    Err(e) if e.starts_with("timed out") => {
+                        cell(format!("{e} after {} s", timeout.as_secs()))
                     }
-                    Err(e) => failures.push(format!("VM {i}: {e}")),
+                    Err(e) => cell(e),
                 }
             }
-            Err(e) => failures.push(format!("VM {i}: {e}")),
-        }
+            Err(e) => cell(format!("waiting for the VMM: {e}")),
+        });
     }
-    let ms = |v: &[Duration]| {
-        (v.len() == k && k > 0).then(|| v.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3))
-    };
-    Density {
-        vms: k,
-        booted: userspace.len(),
-        all_userspace_ms: ms(&userspace),
-        all_exited_ms: ms(&exited),
+    DensityResult::of(
+        format!(
+            "{k} × `kvmbox vm boot` of the marker initramfs at once; ready = the init's first \
+             console line; {} s allowed",
+            timeout.as_secs()
+        ),
         per_vm,
-        failures,
-    }
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,16 @@ pub fn read_stats(cgroup_path: &str) -> Result<Stats, String> {
         cpu_system_usec: keyed(&cpu, "system_usec"),
         pids_current: limit(&opt("pids.current")).unwrap_or(0),
         pids_limit: limit(&opt("pids.max")),
+        agent_rss_kib: std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|t| vm_rss_kib(&t)),
     })
+}
+
+/// VmRSS (KiB) of a /proc/<pid>/status text.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    let v = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    v.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// memory.events oom_kill of `cgroup_path` (0 when unreadable, e.g. on cgroup v1).
@@ -85,5 +94,16 @@ mod tests {
         assert_eq!(keyed("", "x"), 0);
         assert_eq!(limit("max\n"), None);
         assert_eq!(limit("1048576\n"), Some(1048576));
+    }
+
+    #[test]
+    fn own_rss_is_read_from_proc_status() {
+        assert_eq!(
+            vm_rss_kib("Name:\tx\nVmRSS:\t    2048 kB\nVmData: 1 kB\n"),
+            Some(2048)
+        );
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(vm_rss_kib(&own).unwrap() > 0);
     }
 }

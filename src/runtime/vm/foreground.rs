@@ -192,6 +192,9 @@ fn spawn_waiter(
             None => AgentClient::connect(&target),
         }
         .and_then(|mut c| c.request(&Request::WaitProcess { process }));
+        if result.is_ok() {
+            super::timing::mark(super::timing::EXIT_OBSERVED);
+        }
         let _ = tx.send(result);
     });
     rx

@@ -170,6 +170,7 @@ fn boot_and_create(
     };
     let initrd =
         vm_launch::build_initrd(plan, id, &bundle.rootfs, dir.path()).map_err(launch_err)?;
+    super::timing::mark(super::timing::VMM_SPAWN);
     let vm = vm_launch::launch(plan, &initrd, dir.path()).map_err(launch_err)?;
     vmm.pid = vm.pid;
     let vmm_start = start_time(vm.pid).unwrap_or(0);
@@ -207,6 +208,7 @@ fn boot_and_create(
     let target = target_of(&record)?;
     tracing::debug!(id, pid = vm.pid, "VMM launched; waiting for the agent");
     let mut client = AgentClient::connect(&target).map_err(agent_err(id))?;
+    super::timing::mark(super::timing::AGENT_READY);
     // The guest runs from its initramfs now: the file is no longer needed.
     let _ = std::fs::remove_file(&initrd);
     let hooks = |pick: fn(&Hooks) -> &Option<Vec<Hook>>| hooks_of(&bundle.spec, pick);
@@ -255,6 +257,7 @@ fn boot_and_create(
             stdio: stdio_spec,
         })
         .map_err(agent_err(id))?;
+    super::timing::mark(super::timing::CONTAINER_CREATED);
     let guest_pid = match body {
         ResponseBody::Pid { pid } => pid,
         other => {
@@ -408,6 +411,7 @@ pub fn start(record: &ContainerRecord) -> Result<()> {
     client
         .request_ok(&Request::StartContainer { id: id.clone() })
         .map_err(agent_err(id))?;
+    super::timing::mark(super::timing::CONTAINER_STARTED);
     let hooks = hooks_of(&record.spec, |h| h.poststart());
     if !hooks.is_empty() {
         if let Err(e) =
@@ -477,7 +481,9 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
             tracing::warn!(id, "poststop hook failed: {e}");
         }
     }
+    super::timing::vmm_marks(dir.path());
     dir.remove()?;
+    super::timing::mark(super::timing::TORN_DOWN);
     tracing::debug!(id, "container and microVM deleted");
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod console_log;
 pub mod foreground;
 pub mod lifecycle;
 pub mod stdio;
+pub mod timing;
 
 pub use client::{AgentClient, AgentError, AgentTarget};
 pub use lifecycle::{InitStdio, VmSettings};
