@@ -5,10 +5,13 @@ RELEASE := target/release/kvmbox
 # The guest agent (the microVM's /init) is linked statically for the guest (docs/vmm.md).
 AGENT_TARGET ?= x86_64-unknown-linux-gnu
 AGENT        := target/$(AGENT_TARGET)/release/kvmbox-agent
-BENCH_RUNS ?= 20
-BENCH_OUT  ?= target/bench
+BENCH_RUNS       ?= 20
+BENCH_VM_RUNS    ?= 3
+BENCH_DENSITY    ?= 3
+BENCH_VM_TIMEOUT ?= 1800
+BENCH_OUT        ?= docs/bench
 
-.PHONY: all build agent demo test lint fmt bench bench-containerd clean-demo
+.PHONY: all build agent demo test lint fmt bench bench-namespace bench-containerd clean-demo
 
 all: build
 
@@ -85,10 +88,18 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: kvmbox namespace vs runc vs crun (create/start/exit/delete of /bin/true); writes
-# $(BENCH_OUT)/bench.svg, bench.md and bench.json (`kvmbox bench` without --isolation adds the VM modes)
+## bench: every mode (kvmbox namespace, runc, crun, kvmbox vm, VMM and QEMU boots, density);
+# regenerates $(BENCH_OUT)/bench.svg, bench.md and bench.json (docs/bench: the committed run that
+# docs/vm-vs-container.md shows). Boots the guest kernel from kernel-config/build.sh's cache.
 bench: build
-	$(RELEASE) --isolation namespace bench --runs $(BENCH_RUNS) --output $(BENCH_OUT)
+	kernel=$$(kernel-config/build.sh | tail -1) && \
+	KVMBOX_KERNEL="$$kernel" KVMBOX_AGENT="$(CURDIR)/$(AGENT)" $(RELEASE) bench \
+	  --runs $(BENCH_RUNS) --vm-runs $(BENCH_VM_RUNS) --density $(BENCH_DENSITY) \
+	  --vm-timeout $(BENCH_VM_TIMEOUT) --output $(BENCH_OUT)
+
+## bench-namespace: only the container modes (kvmbox namespace, runc, crun), into target/bench
+bench-namespace: build
+	$(RELEASE) --isolation namespace bench --runs $(BENCH_RUNS) --output target/bench
 
 ## bench-containerd: `ctr run --rm ... /bin/true` with the kvmbox shim vs the runc shim (needs containerd)
 bench-containerd:
