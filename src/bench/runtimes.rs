@@ -88,8 +88,12 @@ impl Runtime {
 
     /// The same runtime with `--agent-timeout SECS` (kvmbox `--isolation vm`: how long a
     /// command waits for the guest agent, which boots slowly where guest kernel code is
-    /// emulated).
+    /// emulated). A second call replaces the first (the flag may be given only once).
     pub fn with_agent_timeout(mut self, timeout: Duration) -> Runtime {
+        if let Some(i) = self.global_args.iter().position(|a| a == "--agent-timeout") {
+            let end = (i + 2).min(self.global_args.len());
+            self.global_args.drain(i..end);
+        }
         self.global_args.extend([
             "--agent-timeout".into(),
             timeout.as_secs().max(1).to_string(),
@@ -393,5 +397,37 @@ fn prepare(cmd: &mut Command, launch: Launch) {
                 })
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_timeout_is_given_once_and_last_wins() {
+        let rt = Runtime::kvmbox(Path::new("/tmp/root"), "vm")
+            .unwrap()
+            .with_agent_timeout(Duration::from_secs(600))
+            .with_agent_timeout(Duration::from_millis(1500));
+        assert_eq!(
+            rt.global_args,
+            [
+                "--root",
+                "/tmp/root",
+                "--isolation",
+                "vm",
+                "--agent-timeout",
+                "1"
+            ]
+        );
+    }
+
+    #[test]
+    fn last_line_skips_trailing_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("err");
+        std::fs::write(&f, "first\nkvmbox: error: boom \n\n").unwrap();
+        assert_eq!(last_line(&f), "kvmbox: error: boom");
     }
 }
