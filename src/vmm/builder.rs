@@ -287,7 +287,7 @@ fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
         devices.push(Box::new(dev));
     }
     for share in &cfg.shared_dirs {
-        let fs = Fs::new(&share.tag, &share.path, share.read_only)
+        let fs = Fs::with_cache(&share.tag, &share.path, share.read_only, share.cache)
             .map_err(|e| dev_err("virtio-fs", e))?;
         devices.push(Box::new(fs));
     }

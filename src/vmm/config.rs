@@ -141,24 +141,49 @@ pub struct FsConfig {
     pub path: PathBuf,
     /// Refuse every change with EROFS.
     pub read_only: bool,
+    /// How long the guest may cache what it read.
+    #[serde(default)]
+    pub cache: FsCache,
+}
+
+/// The guest's caching of a virtio-fs share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// Names and attributes are trusted for 1 s and file data is re-read at each open: host
+    /// changes show up soon (for directories the host keeps changing).
+    #[default]
+    Auto,
+    /// Names, attributes and file data stay cached for an hour: for a container rootfs, which
+    /// only the guest changes while the container runs. Every guest request costs emulated
+    /// guest-kernel time on a PVM host, so this avoids re-reading binaries at every exec.
+    Always,
 }
 
 impl FsConfig {
-    /// Parse the command-line form `TAG=PATH[,ro|,rw]`.
+    /// Parse the command-line form `TAG=PATH[,ro|,rw][,cache=auto|always]`.
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let Some((tag, rest)) = spec.split_once('=') else {
-            return Err(format!("--share {spec}: expected TAG=PATH[,ro]"));
+        let Some((tag, mut path)) = spec.split_once('=') else {
+            return Err(format!(
+                "--share {spec}: expected TAG=PATH[,ro][,cache=auto|always]"
+            ));
         };
-        let (path, read_only) = match rest.rsplit_once(',') {
-            Some((p, "ro")) => (p, true),
-            Some((p, "rw")) => (p, false),
-            Some((_, opt)) if !opt.contains('/') => {
-                return Err(format!(
-                    "--share {spec}: unknown option {opt:?} (expected ro or rw)"
-                ))
+        let (mut read_only, mut cache) = (false, FsCache::Auto);
+        // Options are trailing comma-separated words without a '/', so paths may hold commas.
+        while let Some((p, opt)) = path.rsplit_once(',').filter(|(_, o)| !o.contains('/')) {
+            match opt {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                "cache=auto" => cache = FsCache::Auto,
+                "cache=always" => cache = FsCache::Always,
+                _ => {
+                    return Err(format!(
+                        "--share {spec}: unknown option {opt:?} (expected ro, rw, cache=auto or cache=always)"
+                    ))
+                }
             }
-            _ => (rest, false),
-        };
+            path = p;
+        }
         if tag.is_empty() || tag.len() > 36 {
             return Err(format!("--share {spec}: the tag must be 1..=36 bytes"));
         }
@@ -169,6 +194,7 @@ impl FsConfig {
             tag: tag.to_string(),
             path: PathBuf::from(path),
             read_only,
+            cache,
         })
     }
 }
@@ -362,10 +388,18 @@ mod tests {
             FsConfig {
                 tag: "root".into(),
                 path: "/a/b".into(),
-                read_only: false
+                read_only: false,
+                cache: FsCache::Auto,
             }
         );
         assert!(FsConfig::parse("t=/a,ro").unwrap().read_only);
+        let both = FsConfig::parse("t=/a,b/c,ro,cache=always").unwrap();
+        assert_eq!(both.path, PathBuf::from("/a,b/c"));
+        assert!(both.read_only);
+        assert_eq!(both.cache, FsCache::Always);
+        assert!(FsConfig::parse("t=/a,cache=never")
+            .unwrap_err()
+            .contains("cache=never"));
         assert!(!FsConfig::parse("t=/a,rw").unwrap().read_only);
         assert_eq!(
             FsConfig::parse("t=/a,b/c").unwrap().path,

@@ -59,6 +59,7 @@ use self::bridge::{Memory17, Queue17};
 use self::request::{FsServer, Outcome};
 use self::shared_dir::SharedDirFs;
 use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::vmm::config::FsCache;
 
 /// virtio device id of a file system device.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -126,15 +127,26 @@ pub struct Fs {
 }
 
 impl Fs {
-    /// Share `path` (a directory) under `tag`; `read_only` refuses every change with EROFS.
+    /// Share `path` (a directory) under `tag` with the default caching ([`FsCache::Auto`]);
+    /// `read_only` refuses every change with EROFS.
     pub fn new(tag: &str, path: &Path, read_only: bool) -> Result<Self, FsError> {
+        Self::with_cache(tag, path, read_only, FsCache::Auto)
+    }
+
+    /// [`Fs::new`] with the guest's caching chosen by `cache`.
+    pub fn with_cache(
+        tag: &str,
+        path: &Path,
+        read_only: bool,
+        cache: FsCache,
+    ) -> Result<Self, FsError> {
         if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
             return Err(FsError::BadTag(tag.to_string()));
         }
         if !path.is_dir() {
             return Err(FsError::NotADirectory(path.to_path_buf()));
         }
-        let fs = SharedDirFs::new(path, read_only).map_err(|source| FsError::Open {
+        let fs = SharedDirFs::new(path, read_only, cache).map_err(|source| FsError::Open {
             path: path.to_path_buf(),
             source,
         })?;

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::vmm::config::FsCache;
 use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
 };
@@ -64,23 +65,28 @@ pub struct SharedDirFs {
 impl SharedDirFs {
     /// Serve `root` (an existing directory). The root inode is opened now, so a bad path fails
     /// when the VM is built rather than when the guest mounts.
-    pub fn new(root: &Path, read_only: bool) -> io::Result<Arc<Self>> {
+    pub fn new(root: &Path, read_only: bool, cache: FsCache) -> io::Result<Arc<Self>> {
         let root_dir = root
             .to_str()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))?
             .to_string();
+        let (cache_policy, timeout) = match cache {
+            FsCache::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
+            // KEEP_CACHE on open: the guest keeps file pages across opens.
+            FsCache::Always => (CachePolicy::Always, Duration::from_secs(3600)),
+        };
         let cfg = Config {
             root_dir,
             // Import the root at INIT too (a guest remount starts afresh).
             do_import: true,
             xattr: true,
-            cache_policy: CachePolicy::Auto,
+            cache_policy,
             writeback: false,
             // Inodes are kept as O_PATH fds, never as file handles: the guest never names a
             // host file handle (no open_by_handle_at on guest input).
             inode_file_handles: false,
-            entry_timeout: Duration::from_secs(1),
-            attr_timeout: Duration::from_secs(1),
+            entry_timeout: timeout,
+            attr_timeout: timeout,
             ..Config::default()
         };
         let inner = PassthroughFs::<()>::new(cfg)?;
@@ -513,7 +519,9 @@ mod tests {
     #[test]
     fn missing_directory_fails_at_creation() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(SharedDirFs::new(&dir.path().join("missing"), false).is_err());
-        assert!(SharedDirFs::new(dir.path(), true).unwrap().read_only());
+        assert!(SharedDirFs::new(&dir.path().join("missing"), false, FsCache::Auto).is_err());
+        assert!(SharedDirFs::new(dir.path(), true, FsCache::Always)
+            .unwrap()
+            .read_only());
     }
 }
