@@ -132,6 +132,47 @@ pub fn mount_host_path(
     Ok(format!("{GUEST_SHARED_DIR}/{id}/mounts/{n}"))
 }
 
+/// Create the missing mount points `dests` (absolute container paths; `true` = a file) in
+/// `rootfs` before it is shared read-only, as runc does in a read-only rootfs: the guest
+/// could not create them. A walk that meets a symlink or a non-directory stops there (the
+/// guest resolves it and reports what fails); nothing outside `rootfs` is touched.
+pub fn create_mount_points(rootfs: &Path, dests: &[(PathBuf, bool)]) {
+    for (dest, is_file) in dests {
+        let parts: Vec<_> = dest
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut cur = rootfs.to_path_buf();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push(part);
+            let last = i + 1 == parts.len();
+            match std::fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let made = if last && *is_file {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&cur)
+                            .map(drop)
+                    } else {
+                        std::fs::DirBuilder::new().mode(0o755).create(&cur)
+                    };
+                    if let Err(e) = made {
+                        tracing::debug!("mount point {}: {e}", cur.display());
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// Unmount everything under `<shared>/<id>` and remove that directory (absent is fine).
 pub fn remove_container(shared: &Path, id: &str) -> Result<(), VmLaunchError> {
     guest_agent::protocol::validate_id("container id", id).map_err(VmLaunchError::Share)?;
@@ -286,6 +327,25 @@ mod tests {
             std::fs::read_to_string(rootfs.join("etc/keep")).unwrap(),
             "data"
         );
+    }
+
+    #[test]
+    fn mount_points_are_created_inside_the_rootfs_only() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::os::unix::fs::symlink(d.path(), rootfs.join("escape")).unwrap();
+        create_mount_points(
+            &rootfs,
+            &[
+                (PathBuf::from("/host/dir"), false),
+                (PathBuf::from("/etc/resolv.conf"), true),
+                (PathBuf::from("/escape/outside"), false),
+            ],
+        );
+        assert!(rootfs.join("host/dir").is_dir());
+        assert!(rootfs.join("etc/resolv.conf").is_file());
+        assert!(!d.path().join("outside").exists());
     }
 
     #[test]

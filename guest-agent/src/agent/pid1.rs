@@ -2,10 +2,10 @@
 //!
 //! **Root switch.** The kernel starts `/init` on the initramfs (the `rootfs` mount), where
 //! pivot_root(2) fails with EINVAL, so containers could not pivot. [`switch_root`] mounts a tmpfs
-//! at `/newroot`, recursively bind-mounts the initramfs's `/containers` into it, moves the tmpfs
-//! onto `/` (MS_MOVE) and chroots into it. The agent's root is then an ordinary mount with a
-//! parent, and the container module's normal pivot_root path works (no `no_pivot` mode needed).
-//! The initramfs files stay in memory (the container rootfs bind mounts point into them).
+//! at `/newroot`, recursively bind-mounts the initramfs's `/containers` into it when there is one
+//! (hand-built test initramfs carry a rootfs there; kvmbox's own holds only the agent), moves the
+//! tmpfs onto `/` (MS_MOVE) and chroots into it. The agent's root is then an ordinary mount with
+//! a parent, and the container module's normal pivot_root path works (no `no_pivot` mode needed).
 //!
 //! **Filesystems** ([`mount_filesystems`]): /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm,
 //! /run, /tmp and cgroup2 at /sys/fs/cgroup with memory, cpu and pids enabled for children.

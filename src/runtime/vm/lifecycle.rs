@@ -381,6 +381,9 @@ fn create_in_guest(
         kept_log: None,
     };
     let readonly = bundle.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+    if readonly {
+        shared::create_mount_points(&bundle.rootfs, &mount_points(&bundle.spec, &bundle.dir));
+    }
     shared::mount_rootfs(&shared_dir, id, &bundle.rootfs, readonly).map_err(share_err)?;
     let mut guest_spec = guest_spec(&bundle.spec, id);
     share_bind_mounts(&mut guest_spec, &bundle.dir, &shared_dir, id).map_err(share_err)?;
@@ -475,6 +478,28 @@ fn create_in_guest(
         "container created in the microVM"
     );
     Ok(Created { record, streams })
+}
+
+/// The mount destinations of `spec` that lie directly in the rootfs (not below another mount's
+/// destination), each with whether it is a file (a bind mount of a host file).
+fn mount_points(spec: &Spec, bundle_dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let dests: Vec<&Path> = mounts.iter().map(|m| m.destination().as_path()).collect();
+    mounts
+        .iter()
+        .filter(|m| {
+            let d = m.destination();
+            !dests.iter().any(|o| *o != d.as_path() && d.starts_with(o))
+        })
+        .map(|m| {
+            let file = is_bind(m)
+                && m
+                    .source()
+                    .as_ref()
+                    .is_some_and(|s| bundle_dir.join(s).is_file());
+            (m.destination().clone(), file)
+        })
+        .collect()
 }
 
 /// Whether an OCI mount is a bind mount (type `bind`, or a `bind`/`rbind` option).
