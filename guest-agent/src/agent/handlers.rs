@@ -166,7 +166,9 @@ impl Server {
             .map(Path::to_path_buf)
             .unwrap_or(default_bundle);
         let cgroup_path = containers::cgroup_path(&spec, id, &self.cfg.cgroup_parent)?;
-        let run_dir = self.cfg.run_dir.join(id);
+        // Below `containers/`: never the shared directory's mount point (`<run dir>/shared`),
+        // whatever the id.
+        let run_dir = self.cfg.run_dir.join("containers").join(id);
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| format!("container {id}: create {}: {e}", run_dir.display()))?;
         let result = self.create_in(id, &spec, &streams, &bundle, rootfs, &run_dir, &cgroup_path);

@@ -176,8 +176,7 @@ impl PendingStreams {
                 keys: entries.into_iter().map(|(k, (_, t))| (k, t)).collect(),
             }),
             Err(e) => {
-                self.map
-                    .extend(entries.into_iter().map(|(k, (fd, t))| (k, (fd, t))));
+                self.map.extend(entries);
                 Err(e.into())
             }
         }

@@ -493,8 +493,7 @@ fn mount_points(spec: &Spec, bundle_dir: &Path) -> Vec<(PathBuf, bool)> {
         })
         .map(|m| {
             let file = is_bind(m)
-                && m
-                    .source()
+                && m.source()
                     .as_ref()
                     .is_some_and(|s| bundle_dir.join(s).is_file());
             (m.destination().clone(), file)
