@@ -120,9 +120,9 @@ impl Vm {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state {id}: {e}\n{out}"))
     }
 
-    /// Poll `state` until `status` (panics after 30 s).
+    /// Poll `state` until `status` (panics after 180 s: the guest is slow under load here).
     fn wait_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let st = self.state(id);
             if st["status"] == status {
