@@ -26,6 +26,7 @@
 mod containers;
 mod error;
 mod frames;
+mod freeze;
 mod guest_env;
 mod handlers;
 mod listen;
