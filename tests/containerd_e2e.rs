@@ -1,7 +1,9 @@
 //! containerd end-to-end tests for `containerd-shim-kvmbox-v2`: a private containerd (Debian's
 //! containerd 1.6 package, `apt-get install containerd`) started from a temp dir with the built
 //! shim and kvmbox on its PATH, a locally built busybox image imported with `ctr image import`,
-//! and `ctr` driving containers in namespace mode. Needs root.
+//! and `ctr` driving containers in namespace mode and (one boot per VM test, they are slow
+//! here) in vm mode. Needs root; the vm tests need /dev/kvm, the static agent (`make agent`)
+//! and the guest kernel (build cache or KVMBOX_KERNEL).
 
 #[path = "common/image.rs"]
 mod image;
@@ -17,6 +19,9 @@ use image::{build_busybox_image, IMAGE_NAME};
 const RUNTIME: &str = "io.containerd.kvmbox.v2";
 const NAMESPACE_MODE: &str = "io.kvmbox.isolation=namespace";
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+/// A `ctr` call that may boot a microVM (30–90 s here, far more on a loaded machine).
+const VM_CTR_TIMEOUT: Duration = Duration::from_secs(900);
+const VM_MODE: &str = "io.kvmbox.isolation=vm";
 const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacct", "freezer"];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -42,6 +47,8 @@ struct Containerd {
     dir: PathBuf,
     namespace: String,
     child: Option<Child>,
+    /// Longest wait for one `ctr` call.
+    timeout: Duration,
 }
 
 fn require_tools() {
@@ -81,6 +88,7 @@ impl Containerd {
             namespace: format!("kvmbox-e2e-{}-{n}", std::process::id()),
             dir,
             child: None,
+            timeout: CTR_TIMEOUT,
         };
         let t = me.dir.display().to_string();
         let config = format!(
@@ -169,7 +177,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        let out = match rx.recv_timeout(CTR_TIMEOUT) {
+        let out = match rx.recv_timeout(self.timeout) {
             Ok(out) => out.expect("wait for ctr"),
             Err(_) => {
                 let _ = nix::sys::signal::kill(
@@ -189,8 +197,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr run` with the kvmbox runtime in namespace mode.
     fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
+        self.run_in(NAMESPACE_MODE, flags, id, command)
+    }
+
+    /// `ctr run` with the kvmbox runtime and the isolation annotation `mode`.
+    fn run_in(&self, mode: &str, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
         let fifo = self.dir.join("fifo");
-        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", NAMESPACE_MODE];
+        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", mode];
         args.extend_from_slice(&["--fifo-dir", fifo.to_str().unwrap()]);
         args.extend_from_slice(flags);
         args.extend_from_slice(&[IMAGE_NAME, id]);
@@ -208,9 +221,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         })
     }
 
+    /// How long state changes may take: longer when a microVM has to stop.
+    fn patience(&self) -> Duration {
+        if self.timeout > CTR_TIMEOUT {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(20)
+        }
+    }
+
     /// Wait until `ctr task ls` shows `id` with `status` (or without it for `None`).
     fn wait_task(&self, id: &str, status: Option<&str>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + self.patience();
         loop {
             let now = self.task(id);
             if now.as_ref().map(|(_, s)| s.as_str()) == status {
@@ -228,7 +250,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Nothing of container `id` is left (within 10 s: containerd cleans up after a dead
     /// shim asynchronously): no cgroup, no kvmbox state, no rootfs mount, no live process.
     fn assert_no_leftovers(&self, id: &str, pid: i32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + self.patience();
         loop {
             let left = self.leftovers(id);
             if left.is_empty() {
@@ -550,36 +572,190 @@ fn containerd_recovers_when_the_shim_is_killed() {
     ctrd.assert_no_leftovers(&c, pid);
 }
 
+/// The VMM processes (kvmbox-vmm) whose command line mentions `needle`.
+fn vmms_mentioning(needle: &str) -> Vec<i32> {
+    pids_mentioning(needle)
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("kvmbox-vmm"))
+        })
+        .collect()
+}
+
+/// One microVM boot: a foreground `ctr run --rm` in vm mode whose output and exit code come
+/// back through the shim, with exec (output, stdin, exit code), ps (guest pids), metrics
+/// (cgroup v2 in the guest), pause/resume, kill of an exec and events in order, all in the
+/// same VM; then nothing is left (VMM, state, rootfs mount).
 #[test]
-fn vm_isolation_is_refused_with_a_clear_error() {
-    let ctrd = Containerd::start();
+fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let ctrd = std::sync::Arc::new(ctrd);
+    let watcher = ctrd.watch_events();
     let c = id("vm");
-    let fifo = ctrd.dir.join("fifo");
-    let out = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        fifo.to_str().unwrap(),
-        IMAGE_NAME,
-        &c,
-        "true",
-    ]);
-    assert_ne!(out.code, Some(0), "{out:#?}");
+    let script = "echo hello-from-vm; uname -r; echo to-stderr >&2; \
+                  while [ ! -e /tmp/stop ]; do sleep 0.2; done; exit 7";
+    let run = {
+        let (ctrd, c) = (std::sync::Arc::clone(&ctrd), c.clone());
+        std::thread::spawn(move || ctrd.run_in(VM_MODE, &["--rm"], &c, &["sh", "-c", script]))
+    };
+    // The task shows up once the VM booted and the container runs.
+    let deadline = Instant::now() + VM_CTR_TIMEOUT;
+    let vmm_pid = loop {
+        if let Some((pid, status)) = ctrd.task(&c) {
+            if status == "RUNNING" {
+                break pid;
+            }
+        }
+        assert!(
+            !run.is_finished() && Instant::now() < deadline,
+            "vm task never ran; containerd log:\n{}",
+            ctrd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let comm = fs::read_to_string(format!("/proc/{vmm_pid}/comm")).unwrap_or_default();
     assert!(
-        out.stderr
-            .contains("isolation vm (the default) is not built yet"),
+        comm.starts_with("kvmbox-vmm"),
+        "task pid {vmm_pid} is {comm:?}, not the VMM"
+    );
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &c,
+        "sh",
+        "-c",
+        "echo in-vm-exec; exit 3",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(3), "in-vm-exec\n"),
         "{out:#?}"
     );
+    let out = ctrd.ctr_input(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            &c,
+            "sh",
+            "-c",
+            "cat; echo end",
+        ],
+        Some(b"piped-into-vm\n"),
+    );
+    assert_eq!(out.ok().stdout, "piped-into-vm\nend\n", "{out:#?}");
+
+    // Guest pids: the init is pid 1 of the container's pid namespace or a guest pid, never
+    // the VMM's host pid.
+    let ps = ctrd.ctr(&["task", "ps", &c]);
+    let pids: Vec<i32> = ps
+        .ok()
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty() && !pids.contains(&vmm_pid), "{ps:#?}");
+
+    let metrics = ctrd.ctr(&["task", "metrics", &c]);
+    metrics.ok();
+    assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
+    assert!(metrics.stdout.contains("memory.usage"), "{metrics:#?}");
+
+    ctrd.ctr(&["task", "pause", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
+    ctrd.ctr(&["task", "resume", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "RUNNING");
+
+    // An exec killed through the agent reports 128+9.
+    let sleeper = {
+        let (ctrd, c) = (std::sync::Arc::clone(&ctrd), c.clone());
+        std::thread::spawn(move || {
+            ctrd.ctr(&["task", "exec", "--exec-id", "bg", &c, "sleep", "1000"])
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ctrd
+        .ctr(&["task", "kill", "--exec-id", "bg", "--signal", "SIGKILL", &c])
+        .code
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "could not kill exec bg");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sleeper.join().unwrap();
+    assert_eq!(out.code, Some(137), "{out:#?}");
+
+    // The init's exit code and output come back to the foreground `ctr run`.
+    ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "stop",
+        &c,
+        "touch",
+        "/tmp/stop",
+    ])
+    .ok();
+    let out = run.join().unwrap();
+    assert_eq!(
+        out.code,
+        Some(7),
+        "{out:#?}\ncontainerd log:\n{}",
+        ctrd.log()
+    );
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("hello-from-vm"), "{out:#?}");
+    assert!(
+        lines.next().is_some_and(|k| k.contains("kvmbox")),
+        "guest kernel: {out:#?}"
+    );
+    assert!(out.stderr.contains("to-stderr"), "{out:#?}");
+
+    ctrd.wait_task(&c, None);
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
     assert_eq!(
         listed.ok().stdout.trim(),
         "",
         "--rm left containers: {listed:#?}"
     );
-    let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
-    assert!(!state.exists(), "leftover kvmbox state");
+    ctrd.assert_no_leftovers(&c, vmm_pid);
+    let exec = ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"];
+    let mut want = vec!["/tasks/create", "/tasks/start"];
+    want.extend(exec);
+    want.extend(exec);
+    want.extend(["/tasks/paused", "/tasks/resumed"]);
+    want.extend(exec);
+    want.extend(exec);
+    want.extend(["/tasks/exit", "/tasks/delete"]);
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
+}
+
+/// A vm container whose shim is SIGKILLed: containerd runs `shim delete`, which stops the VM
+/// and removes everything.
+#[test]
+fn vm_shim_killed_stops_the_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let c = id("vm-orphan");
+    ctrd.run_in(VM_MODE, &["-d"], &c, &["sleep", "1000"]).ok();
+    let (vmm_pid, _) = ctrd.task(&c).expect("task listed");
+    assert_eq!(vmms_mentioning(&c), vec![vmm_pid], "one VMM for {c}");
+    let shims = shims_for(&c);
+    assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    ctrd.wait_task(&c, None);
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.assert_no_leftovers(&c, vmm_pid);
 }
 
 #[test]
