@@ -884,30 +884,50 @@ fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
     (samples[0], median, samples[n - 1])
 }
 
-/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim
-/// (namespace mode) and with containerd's runc shim, side by side. Run it with
-/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs per runtime.
+/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim in
+/// namespace and vm mode and with containerd's runc shim, side by side. Run it with
+/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs of the container
+/// runtimes, `KVMBOX_BENCH_VM_RUNS` those of vm mode (each boots a microVM; 0 skips it).
 #[test]
 #[ignore = "benchmark: make bench-containerd"]
 fn bench_ctr_run_true() {
-    let runs: usize = std::env::var("KVMBOX_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let ctrd = Containerd::start();
+    let env_runs = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = env_runs("KVMBOX_BENCH_RUNS", 20);
+    let vm_runs = env_runs("KVMBOX_BENCH_VM_RUNS", 3);
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
     let fifo = ctrd.dir.join("fifo");
     let fifo = fifo.to_str().unwrap();
-    let runtimes: [(&str, Vec<&str>); 2] = [
+    let runtimes: [(&str, Vec<&str>, usize); 3] = [
         (
             "kvmbox shim (namespace)",
             vec!["--runtime", RUNTIME, "--annotation", NAMESPACE_MODE],
+            runs,
         ),
-        ("runc shim", vec!["--runtime", "io.containerd.runc.v2"]),
+        (
+            "kvmbox shim (vm)",
+            vec!["--runtime", RUNTIME, "--annotation", VM_MODE],
+            vm_runs,
+        ),
+        (
+            "runc shim",
+            vec!["--runtime", "io.containerd.runc.v2"],
+            runs,
+        ),
     ];
     let mut rows = Vec::new();
-    for (name, flags) in &runtimes {
+    for (name, flags, n) in &runtimes {
+        if *n == 0 {
+            continue;
+        }
         let mut samples = Vec::new();
-        for i in 0..=runs {
+        // The first run warms caches (for vm mode: the agent initramfs).
+        for i in 0..=*n {
             let c = id("bench");
             let mut args = vec!["run", "--rm", "--fifo-dir", fifo];
             args.extend(flags);
@@ -915,20 +935,21 @@ fn bench_ctr_run_true() {
             let started = Instant::now();
             ctrd.ctr(&args).ok();
             if i > 0 {
-                // The first run warms caches.
                 samples.push(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        rows.push((*name, summary(&mut samples)));
+        rows.push((*name, *n, summary(&mut samples)));
     }
-    println!("\n`ctr run --rm IMAGE ID /bin/true`, {runs} runs each (ms):");
-    println!("| runtime | min | median | max |\n|---|---|---|---|");
-    for (name, (min, median, max)) in &rows {
-        println!("| {name} | {min:.1} | {median:.1} | {max:.1} |");
+    println!("\n`ctr run --rm IMAGE ID /bin/true` (ms):");
+    println!("| runtime | runs | min | median | max |\n|---|---|---|---|---|");
+    for (name, n, (min, median, max)) in &rows {
+        println!("| {name} | {n} | {min:.1} | {median:.1} | {max:.1} |");
     }
-    println!(
-        "median ratio kvmbox/runc: {:.2}",
-        rows[0].1 .1 / rows[1].1 .1
-    );
-    println!("(kvmbox VM mode: not built yet)");
+    let median = |name: &str| rows.iter().find(|r| r.0 == name).map(|r| r.2 .1);
+    let runc = median("runc shim").expect("runc row");
+    for name in ["kvmbox shim (namespace)", "kvmbox shim (vm)"] {
+        if let Some(m) = median(name) {
+            println!("median ratio {name} / runc shim: {:.2}", m / runc);
+        }
+    }
 }
