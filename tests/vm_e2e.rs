@@ -136,10 +136,13 @@ impl Vm {
         }
     }
 
-    /// Nothing of container `id` is left: no state dir, no VMM or relay process.
+    /// Nothing of container `id` is left: no state dir, no host mount under the state root,
+    /// no VMM or relay process.
     fn assert_no_leftovers(&self, id: &str) {
         let dir = self.root.join(id);
         assert!(!dir.exists(), "state dir {} left behind", dir.display());
+        let mounts = mounts_under(&self.root);
+        assert!(mounts.is_empty(), "host mounts left: {mounts:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let procs = processes_mentioning(&dir.display().to_string(), id);
@@ -249,6 +252,18 @@ fn run_with_input(
     }
 }
 
+/// Mount points in /proc/self/mountinfo at or below `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&dir))
+        .map(String::from)
+        .collect()
+}
+
 /// Live (non-zombie) processes whose command line mentions `a` or `b`, except ourselves.
 fn processes_mentioning(a: &str, b: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
@@ -275,8 +290,12 @@ fn processes_mentioning(a: &str, b: &str) -> Vec<(i32, String)> {
 #[test]
 fn run_relays_stdio_and_exit_status() {
     let Some(vm) = Vm::new() else { return };
-    let b =
-        vm.bundle("read line; echo \"hello $line from $(uname -r)\"; echo to-stderr >&2; exit 7");
+    let b = vm.bundle(
+        "read line; echo \"hello $line from $(uname -r)\"; echo to-stderr >&2; \
+         echo written-in-the-guest > /from-guest; exit 7",
+    );
+    // The rootfs reaches the guest over virtio-fs: a write shows up in the host's bundle.
+    b.edit(|c| c["root"]["readonly"] = json!(false));
     let id = vm.h.id("vmrun");
     let started = Instant::now();
     let out = vm.kvmbox(
@@ -288,6 +307,10 @@ fn run_relays_stdio_and_exit_status() {
     assert!(out.stdout.starts_with("hello world from "), "{out}");
     assert!(out.stderr.contains("to-stderr"), "{out}");
     assert!(!out.stdout.contains("to-stderr"), "{out}");
+    assert_eq!(
+        fs::read_to_string(b.rootfs.join("from-guest")).unwrap(),
+        "written-in-the-guest\n"
+    );
     vm.assert_no_leftovers(&id);
 }
 
@@ -297,6 +320,9 @@ fn run_relays_stdio_and_exit_status() {
 fn lifecycle_exec_and_memory_limit() {
     let Some(vm) = Vm::new() else { return };
     let b = vm.bundle("echo started; exec sleep 1000");
+    let host_dir = vm.h.dir().join("host-dir");
+    fs::create_dir_all(&host_dir).unwrap();
+    fs::write(host_dir.join("note"), "from the host\n").unwrap();
     b.edit(|c| {
         c["linux"]["resources"]["memory"] = json!({"limit": 16 << 20});
         let mounts = c["mounts"].as_array_mut().unwrap();
@@ -304,6 +330,8 @@ fn lifecycle_exec_and_memory_limit() {
             json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
         );
+        mounts.push(json!({"destination": "/host", "type": "bind",
+                           "source": host_dir.to_str().unwrap(), "options": ["rbind", "ro"]}));
     });
     let id = vm.h.id("vmlife");
     let bundle = b.dir.to_str().unwrap();
@@ -342,6 +370,14 @@ fn lifecycle_exec_and_memory_limit() {
     out.ok();
     assert_eq!(out.stdout, "hi from exec\n", "{out}");
     exec(&["sh", "-c", "exit 7"], None).code(7);
+    // root.readonly is honoured over virtio-fs; a host bind mount is shared, read-only.
+    let out = exec(&["sh", "-c", "echo x > /new-file"], None);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(!b.rootfs.join("new-file").exists());
+    let out = exec(&["sh", "-c", "cat /host/note; echo x > /host/new"], None);
+    assert_eq!(out.stdout, "from the host\n", "{out}");
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(!host_dir.join("new").exists());
     exec(&["sh", "-c", "kill -TERM $$"], None).code(128 + 15);
     let out = exec(&["cat"], Some("piped through\n"));
     out.ok();
@@ -536,4 +572,186 @@ fn boot_failures_are_explained_and_leave_nothing() {
     let log = fs::read_to_string(&kept).expect("the kept console log");
     assert!(log.contains("Kernel panic"), "{log}");
     fs::remove_file(&kept).unwrap();
+}
+
+/// Accept one connection on `listener` and receive the fd it sends with SCM_RIGHTS (what a
+/// `--console-socket` user such as containerd does).
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let (conn, _) = listener.accept().expect("accept console socket connection");
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg on console socket");
+    for cmsg in msg.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let fd = *fds.first().expect("one fd");
+            // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        }
+    }
+    panic!("no SCM_RIGHTS fd received on the console socket");
+}
+
+/// Read a pty master until every `want` appeared, the other side closed (EIO) or `limit`
+/// passed.
+fn read_pty(file: &mut fs::File, want: &[&str], limit: Duration) -> String {
+    let mut text = String::new();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !want.iter().all(|w| text.contains(w)) {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&*file),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the other side is closed
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    text
+}
+
+/// A pod in one VM (CRI annotations): the sandbox boots it; members join it (same VMM pid,
+/// `vm.sandbox` in state.json) with their own output and exit codes — through `run`, through
+/// `--console-socket` (the pty master received as runc users do) and through `run -t` on a
+/// pty. Deleting members keeps the VM serving the sandbox; the sandbox cannot be deleted while
+/// a member exists; deleting it last leaves no mount, process or state.
+#[test]
+fn pod_members_share_the_sandbox_vm() {
+    let Some(vm) = Vm::new() else { return };
+    let sid = vm.h.id("vmpod");
+    let pod = |b: &Bundle, kind: &str| {
+        b.edit(|c| {
+            c["annotations"] = json!({
+                "io.kubernetes.cri.container-type": kind,
+                "io.kubernetes.cri.sandbox-id": sid,
+            });
+        });
+    };
+    let sandbox = vm.bundle("exec sleep 1000");
+    pod(&sandbox, "sandbox");
+    vm.kvmbox(
+        &["run", "-d", "--bundle", sandbox.dir.to_str().unwrap(), &sid],
+        None,
+    )
+    .ok();
+    let vmm_pid = vm.wait_status(&sid, "running")["pid"].as_i64().unwrap();
+
+    // A member in the sandbox's VM: its output and exit code; `run` deletes it at the end.
+    let m1 = vm.bundle("echo member says hi from $(hostname); exit 3");
+    pod(&m1, "container");
+    let id1 = vm.h.id("vmpodrun");
+    let started = Instant::now();
+    let out = vm.kvmbox(&["run", "--bundle", m1.dir.to_str().unwrap(), &id1], None);
+    eprintln!(
+        "member run (no boot): {:.1}s",
+        started.elapsed().as_secs_f32()
+    );
+    out.code(3);
+    assert!(out.stdout.starts_with("member says hi"), "{out}");
+    vm.assert_no_leftovers(&id1);
+    assert_eq!(vm.state(&sid)["status"], "running");
+
+    // A member with a terminal through --console-socket: write a command, read its output.
+    let m2 = vm.bundle("true");
+    pod(&m2, "container");
+    m2.edit(|c| {
+        c["process"]["args"] = json!(["sh"]);
+        c["process"]["terminal"] = json!(true);
+    });
+    let id2 = vm.h.id("vmpodtty");
+    let socket = vm.h.dir().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || receive_fd(&listener));
+    vm.kvmbox(
+        &[
+            "create",
+            "--console-socket",
+            socket.to_str().unwrap(),
+            "--bundle",
+            m2.dir.to_str().unwrap(),
+            &id2,
+        ],
+        None,
+    )
+    .ok();
+    let mut master = fs::File::from(receiver.join().expect("console socket thread"));
+    let st = vm.state(&id2);
+    assert_eq!(
+        st["pid"], vmm_pid,
+        "a member's pid is the sandbox's VMM: {st}"
+    );
+    let record: Value =
+        serde_json::from_str(&fs::read_to_string(vm.root.join(&id2).join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["vm"]["sandbox"], sid.as_str(), "{record}");
+    // The sandbox cannot go while a member uses its VM.
+    vm.kvmbox(&["delete", &sid], None)
+        .error_line(&[&sid, &id2, "pod members"]);
+    vm.kvmbox(&["start", &id2], None).ok();
+    master.write_all(b"echo tty-$((6*7)); tty\n").unwrap();
+    let text = read_pty(
+        &mut master,
+        &["tty-42", "/dev/pts/"],
+        Duration::from_secs(120),
+    );
+    assert!(
+        text.contains("tty-42") && text.contains("/dev/pts/"),
+        "{text:?}"
+    );
+    master.write_all(b"exit 5\n").unwrap();
+    vm.wait_status(&id2, "stopped");
+    drop(master);
+    vm.kvmbox(&["delete", &id2], None).ok();
+    vm.assert_no_leftovers(&id2);
+
+    // `run -t` with a pty as the CLI's stdio.
+    let m3 = vm.bundle("tty; echo run-t-ok; exit 4");
+    pod(&m3, "container");
+    m3.edit(|c| c["process"]["terminal"] = json!(true));
+    let id3 = vm.h.id("vmpodrunt");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = fs::File::from(pty.slave);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+        .args(["--root", vm.root.to_str().unwrap(), "--isolation", "vm"])
+        .args(["run", "--bundle", m3.dir.to_str().unwrap(), &id3])
+        .current_dir(vm.h.dir())
+        .env("KVMBOX_KERNEL", &vm.kernel)
+        .env("KVMBOX_AGENT", &vm.agent)
+        .env("KVMBOX_AGENT_TIMEOUT", vm.agent_timeout())
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = fs::File::from(pty.master);
+    let text = read_pty(&mut master, &["run-t-ok"], Duration::from_secs(120));
+    let status = child.wait().unwrap();
+    assert!(
+        text.contains("/dev/pts/") && text.contains("run-t-ok"),
+        "{text:?}"
+    );
+    assert_eq!(status.code(), Some(4), "{text:?}");
+    vm.assert_no_leftovers(&id3);
+
+    // The VM still serves the sandbox; deleting it last leaves nothing.
+    let out = vm.kvmbox(&["exec", &sid, "--", "echo", "still serving"], None);
+    out.ok();
+    assert_eq!(out.stdout, "still serving\n", "{out}");
+    vm.kvmbox(&["kill", &sid, "KILL"], None).ok();
+    vm.wait_status(&sid, "stopped");
+    vm.kvmbox(&["delete", &sid], None).ok();
+    vm.assert_no_leftovers(&sid);
+    assert!(common::is_zombie_or_gone(vmm_pid as i32));
 }

@@ -172,10 +172,8 @@ fn launch_errors_quote_the_vmm_log() {
 #[test]
 fn missing_agent_is_reported_with_how_to_build_it() {
     let state = tempfile::tempdir().unwrap();
-    let rootfs = state.path().join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
     let plan = test_plan(PathBuf::from("/nonexistent/vmlinux"));
-    let err = kvmbox::vm_launch::build_initrd(&plan, "c1", &rootfs, state.path())
+    let err = kvmbox::vm_launch::agent_initrd(&plan, state.path())
         .unwrap_err()
         .to_string();
     assert!(

@@ -714,6 +714,7 @@ mod tests {
                 created: true,
                 relay_pid: 0,
                 relay_start_time: 0,
+                ..Default::default()
             }),
         };
         dir.write(&record).unwrap();

@@ -63,7 +63,7 @@ pub struct ContainerRecord {
 
 /// What kvmbox remembers about the microVM of a `--isolation vm` container. The record's
 /// `pid`/`pid_start_time` are the VMM process's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
     /// The VMM's hybrid-vsock Unix socket (`<state>/vsock.sock`).
     pub vsock_uds: PathBuf,
@@ -81,6 +81,14 @@ pub struct VmRecord {
     /// Start time of `relay_pid` (against PID reuse).
     #[serde(default)]
     pub relay_start_time: u64,
+    /// The host directory the VM shares with its guest (`<state of the VM's booter>/shared`);
+    /// this container's rootfs is bind-mounted at `<shared_dir>/<id>/rootfs`. Empty in records
+    /// written before virtio-fs rootfs.
+    #[serde(default)]
+    pub shared_dir: PathBuf,
+    /// The pod sandbox whose VM this container joined (None: it booted its own VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 fn default_agent_timeout_ms() -> u64 {
@@ -322,7 +330,7 @@ impl ContainerDir {
     /// Remove the directory and everything in it, then release the lock.
     pub fn remove(mut self) -> Result<()> {
         self.remove_on_drop = false;
-        match std::fs::remove_dir_all(&self.dir) {
+        match remove_dir_unmounted(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RuntimeError::io("remove container directory", &self.dir, e)),
@@ -333,10 +341,18 @@ impl ContainerDir {
 impl Drop for ContainerDir {
     fn drop(&mut self) {
         if self.remove_on_drop {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = remove_dir_unmounted(&self.dir);
         }
         self.lock.take();
     }
+}
+
+/// Remove `dir` recursively after lazily unmounting anything mounted below it (a VM's shared
+/// directory holds bind mounts of container root filesystems: removing through them would
+/// delete the containers' files). Nothing is removed while a mount is left.
+fn remove_dir_unmounted(dir: &Path) -> std::io::Result<()> {
+    crate::vm_launch::shared::detach_mounts_under(dir).map_err(std::io::Error::other)?;
+    std::fs::remove_dir_all(dir)
 }
 
 /// Paths locked by this process (record locks do not exclude threads of one process).

@@ -49,9 +49,12 @@ pub enum VmLaunchError {
         /// What is wrong.
         reason: String,
     },
-    /// The container id or rootfs cannot be packed into the initrd.
+    /// The agent initrd cannot be built.
     #[error("initrd: {0}")]
     Initrd(String),
+    /// A container cannot be placed in the shared directory (bad id).
+    #[error("shared directory: {0}")]
+    Share(String),
     /// A file operation failed.
     #[error("{what} {path}: {err}")]
     Io {

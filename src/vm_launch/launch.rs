@@ -2,7 +2,8 @@
 //!
 //! Files in the state directory: `vm.json` (the [`VmmProcessConfig`]), `vmm.log` (the VMM's
 //! stdout/stderr: its one-line errors), `console.log` (the guest serial console),
-//! `vsock.sock` (the hybrid vsock socket, guest CID 3), `timings.json` (boot timings).
+//! `vsock.sock` (the hybrid vsock socket, guest CID 3), `timings.json` (boot timings) and
+//! `shared/` (mode 0700, served to the guest over virtio-fs with tag [`SHARE_TAG`]).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,10 @@ use nix::unistd::Pid;
 
 use super::error::VmLaunchError;
 use super::plan::{check_kvm, VmPlan, KVM_DEVICE};
-use crate::vmm::config::{CpuProfile, SerialOutput, VmConfig, VsockConfig, KVM_PVM_SYSFS};
+use super::shared::{create_private_dir, shared_dir, SHARE_TAG};
+use crate::vmm::config::{
+    CpuProfile, FsConfig, SerialOutput, VmConfig, VsockConfig, KVM_PVM_SYSFS,
+};
 use crate::vmm::process::VmmProcessConfig;
 
 /// The guest's vsock context id.
@@ -58,6 +62,8 @@ pub struct VmFiles {
     pub vsock_uds: PathBuf,
     /// `timings.json`.
     pub timings: PathBuf,
+    /// `shared/`: the directory shared with the guest.
+    pub shared: PathBuf,
 }
 
 impl VmFiles {
@@ -69,6 +75,7 @@ impl VmFiles {
             serial_log: state_dir.join("console.log"),
             vsock_uds: state_dir.join("vsock.sock"),
             timings: state_dir.join("timings.json"),
+            shared: shared_dir(state_dir),
         }
     }
 }
@@ -90,6 +97,11 @@ pub fn vmm_config(plan: &VmPlan, initrd: &Path, files: &VmFiles) -> VmmProcessCo
         guest_cid: GUEST_CID,
         uds_path: files.vsock_uds.clone(),
     });
+    vm.shared_dirs = vec![FsConfig {
+        tag: SHARE_TAG.to_string(),
+        path: files.shared.clone(),
+        read_only: false,
+    }];
     VmmProcessConfig {
         vm,
         timings_file: Some(files.timings.clone()),
@@ -120,8 +132,8 @@ fn require_file(path: &Path, what: &'static str) -> Result<(), VmLaunchError> {
 }
 
 /// Start the VM of `plan` with `initrd` as a detached `kvmbox-vmm` process (new session,
-/// stdin /dev/null, stdout/stderr to `<state>/vmm.log`) and wait until its vsock socket
-/// exists. If the VMM dies first, the error quotes `vmm.log`.
+/// stdin /dev/null, stdout/stderr to `<state>/vmm.log`), sharing `<state>/shared` (created
+/// here), and wait until its vsock socket exists. If the VMM dies first, the error quotes `vmm.log`.
 pub fn launch(plan: &VmPlan, initrd: &Path, state_dir: &Path) -> Result<VmProcess, VmLaunchError> {
     check_kvm(Path::new(KVM_DEVICE))?;
     require_file(&plan.kernel, "guest kernel")?;
@@ -136,6 +148,7 @@ pub fn launch(plan: &VmPlan, initrd: &Path, state_dir: &Path) -> Result<VmProces
         _ => {}
     }
     let _ = std::fs::remove_file(&files.timings);
+    create_private_dir(&files.shared)?;
     let config = vmm_config(plan, initrd, &files);
     let json = serde_json::to_vec_pretty(&config)
         .map_err(|e| VmLaunchError::io("VM config", &files.config, e.into()))?;
@@ -332,6 +345,10 @@ mod tests {
         assert_eq!(c.vm.cpu_profile, CpuProfile::Emulated);
         assert!(!c.vm.serial_input);
         assert!(c.vm.base_cmdline().contains("rdinit=/init"));
+        assert_eq!(c.vm.shared_dirs.len(), 1);
+        assert_eq!(c.vm.shared_dirs[0].tag, SHARE_TAG);
+        assert_eq!(c.vm.shared_dirs[0].path, d.path().join("shared"));
+        assert!(!c.vm.shared_dirs[0].read_only);
     }
 
     #[test]

@@ -167,7 +167,9 @@ impl Server {
             .map(Path::to_path_buf)
             .unwrap_or(default_bundle);
         let cgroup_path = containers::cgroup_path(&spec, id, &self.cfg.cgroup_parent)?;
-        let run_dir = self.cfg.run_dir.join(id);
+        // Below `containers/`: never the shared directory's mount point (`<run dir>/shared`),
+        // whatever the id.
+        let run_dir = self.cfg.run_dir.join("containers").join(id);
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| format!("container {id}: create {}: {e}", run_dir.display()))?;
         let result = self.create_in(id, &spec, &streams, &bundle, rootfs, &run_dir, &cgroup_path);
@@ -232,11 +234,14 @@ impl Server {
             preserve_fds: 0,
             cgroup_path: cgroup_path.to_string(),
         };
+        let parked = self.park_streams();
         let created = stdio::with_stdio(stdio_fds(streams), self.null.as_fd(), || {
             container::create(&req, &state)
-        })
-        .map_err(|e| format!("container {id}: set up stdio: {e}"))?
-        .map_err(|e| format!("create container {id}: {e}"))?;
+        });
+        self.unpark_streams(parked);
+        let created = created
+            .map_err(|e| format!("container {id}: set up stdio: {e}"))?
+            .map_err(|e| format!("create container {id}: {e}"))?;
         let master = match console {
             Some(c) => match c.receive_master() {
                 Ok(m) => Some(m),
@@ -250,6 +255,26 @@ impl Server {
             None => None,
         };
         Ok((created.pid, fifo, master))
+    }
+
+    /// Park the other processes' pending streams around a container init's clone (see
+    /// `streams`): the init waits for `start` before exec, and must not hold them meanwhile.
+    fn park_streams(&mut self) -> Option<super::streams::Parked> {
+        match self.streams.park() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                agent_log!("park pending streams: {e}");
+                None
+            }
+        }
+    }
+
+    fn unpark_streams(&mut self, parked: Option<super::streams::Parked>) {
+        if let Some(p) = parked {
+            if let Err(e) = self.streams.unpark(p) {
+                agent_log!("unpark pending streams: {e}");
+            }
+        }
     }
 
     /// With a TTY stream, a console socket for the pty master.

@@ -1,7 +1,7 @@
 //! `kvmbox-agent`: the guest agent, PID 1 of every kvmbox microVM.
 //!
-//! As PID 1 ([`Mode::Pid1`]) it switches the root from the initramfs to a tmpfs and mounts the
-//! pseudo filesystems (`pid1`), listens on vsock ports [`CONTROL_PORT`] and [`STDIO_PORT`]
+//! As PID 1 ([`Mode::Pid1`]) it switches the root from the initramfs to a tmpfs, mounts the
+//! pseudo filesystems and the host's shared directory (virtio-fs, container rootfs) (`pid1`), listens on vsock ports [`CONTROL_PORT`] and [`STDIO_PORT`]
 //! (`listen`), and serves the host's requests in one single-threaded poll loop (`server`,
 //! `handlers`) — single-threaded because the container module clones the caller. Containers are
 //! set up with [`crate::container`], the same code as `--isolation namespace`. Stdio streams are
@@ -15,10 +15,12 @@
 //! `OK <port>\n`. It does no mounts and no power-off, and runs containers on the host (cgroup v1
 //! there: `Stats` answers an error).
 //!
-//! Known limits: a container init cloned while the agent holds other processes' stream sockets
-//! keeps copies of them (close-on-exec) until it is started, so with several containers per VM
-//! a stdout EOF can be delayed until that container starts; the agent's own copies are closed
-//! (or, for TTY streams, shut down) as soon as it no longer needs them.
+//! Stream fds never leak into other containers' processes: every agent fd is close-on-exec,
+//! a process gets only its own streams as 0/1/2, and while a container init is cloned (it
+//! waits for `start` before exec) the streams pending for other processes are parked outside
+//! the fd table (`streams`), so a stdout EOF reaches the host as soon as its process is done.
+//! The agent's own copies are closed (or, for TTY streams, shut down) once it no longer needs
+//! them.
 //!
 //! [`CONTROL_PORT`]: crate::protocol::CONTROL_PORT
 //! [`STDIO_PORT`]: crate::protocol::STDIO_PORT
@@ -127,6 +129,11 @@ pub fn run(opts: &Options) -> Result<Outcome, AgentError> {
             crate::agent_log!("starting as PID 1");
             pid1::switch_root()?;
             pid1::mount_filesystems()?;
+            // Before Hello is answered: the host sends container rootfs paths below it. A VM
+            // without the device (hand-built test VMs) still serves initramfs rootfs.
+            if let Err(e) = pid1::mount_shared() {
+                crate::agent_log!("no shared directory: {e}");
+            }
             // The serial console; without it (no console= device) logs go nowhere.
             match std::fs::OpenOptions::new().write(true).open("/dev/console") {
                 Ok(console) => {

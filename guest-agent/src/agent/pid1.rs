@@ -2,13 +2,19 @@
 //!
 //! **Root switch.** The kernel starts `/init` on the initramfs (the `rootfs` mount), where
 //! pivot_root(2) fails with EINVAL, so containers could not pivot. [`switch_root`] mounts a tmpfs
-//! at `/newroot`, recursively bind-mounts the initramfs's `/containers` into it, moves the tmpfs
-//! onto `/` (MS_MOVE) and chroots into it. The agent's root is then an ordinary mount with a
-//! parent, and the container module's normal pivot_root path works (no `no_pivot` mode needed).
-//! The initramfs files stay in memory (the container rootfs bind mounts point into them).
+//! at `/newroot`, recursively bind-mounts the initramfs's `/containers` into it when there is one
+//! (hand-built test initramfs carry a rootfs there; kvmbox's own holds only the agent), moves the
+//! tmpfs onto `/` (MS_MOVE) and chroots into it. The agent's root is then an ordinary mount with
+//! a parent, and the container module's normal pivot_root path works (no `no_pivot` mode needed).
 //!
 //! **Filesystems** ([`mount_filesystems`]): /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm,
 //! /run, /tmp and cgroup2 at /sys/fs/cgroup with memory, cpu and pids enabled for children.
+//!
+//! **Shared directory** ([`mount_shared`]): the host's per-VM directory, virtio-fs tag
+//! [`SHARE_TAG`], at [`SHARED_DIR`]; container root filesystems live below it
+//! (`<SHARED_DIR>/<id>/rootfs`). No mount options: the 6.1 virtiofs client takes none but DAX
+//! (the device has no DAX window); caching follows the device's FUSE replies (page cache kept
+//! while a file's attributes are unchanged, entry/attribute timeouts from the device).
 //!
 //! **Power-off** ([`power_off`]): sync, then reboot(RB_POWER_OFF); PID 1 must never exit, so
 //! if that fails it sleeps forever.
@@ -114,6 +120,23 @@ pub fn mount_filesystems() -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// The virtio-fs tag of the host's shared directory.
+pub const SHARE_TAG: &str = "kvmbox";
+/// Where the shared directory is mounted in the guest.
+pub const SHARED_DIR: &str = "/run/kvmbox/shared";
+
+/// Mount the host's shared directory (virtio-fs tag [`SHARE_TAG`]) at [`SHARED_DIR`]; call after
+/// [`mount_filesystems`] (it lives on the /run tmpfs).
+pub fn mount_shared() -> Result<(), AgentError> {
+    mnt(
+        SHARE_TAG,
+        SHARED_DIR,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None,
+    )
 }
 
 /// Power the VM off (never returns).

@@ -1,9 +1,19 @@
 //! Stdio streams registered by `StreamHello` and not yet used by a `CreateContainer` /
 //! `ExecProcess`. Bounded: at most [`MAX_PENDING`] streams, each dropped after [`STREAM_TTL`].
+//!
+//! While the agent clones a container process, the streams pending for *other* processes are
+//! parked ([`PendingStreams::park`]): sent with SCM_RIGHTS into a socketpair's queue, so they
+//! are not in the agent's fd table at the clone, and received back right after
+//! ([`PendingStreams::unpark`]). A container init waits for `start` before it execs (and
+//! close-on-exec applies); without parking it would hold copies of those streams until then,
+//! and the host would see another process's stdout EOF late.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 
 use crate::protocol::{ProcessRef, StdioSpec, StreamKind};
 
@@ -16,6 +26,24 @@ pub const STREAM_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct PendingStreams {
     map: HashMap<(ProcessRef, StreamKind), (OwnedFd, Instant)>,
+    /// The socketpair streams are parked in (created on first use).
+    parking: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// Streams parked by [`PendingStreams::park`], in the order they were sent.
+#[derive(Debug, Default)]
+#[must_use = "parked streams must be unparked"]
+pub struct Parked {
+    keys: Vec<((ProcessRef, StreamKind), Instant)>,
+}
+
+fn parking_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?)
 }
 
 /// The streams of one new process, taken from the registry.
@@ -123,6 +151,77 @@ impl PendingStreams {
         Ok(out)
     }
 
+    /// Move every pending stream out of the fd table (see the module doc). On failure the
+    /// streams stay where they were (and are logged by the caller).
+    pub fn park(&mut self) -> io::Result<Parked> {
+        if self.map.is_empty() {
+            return Ok(Parked::default());
+        }
+        if self.parking.is_none() {
+            self.parking = Some(parking_pair()?);
+        }
+        let (tx, _) = self.parking.as_ref().expect("created above");
+        let entries: Vec<_> = self.map.drain().collect();
+        let raw: Vec<RawFd> = entries.iter().map(|(_, (fd, _))| fd.as_raw_fd()).collect();
+        let sent = socket::sendmsg::<()>(
+            tx.as_raw_fd(),
+            &[IoSlice::new(b"p")],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        );
+        match sent {
+            Ok(_) => Ok(Parked {
+                // Our copies close here; the queued message holds the streams.
+                keys: entries.into_iter().map(|(k, (_, t))| (k, t)).collect(),
+            }),
+            Err(e) => {
+                self.map.extend(entries);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Take the streams of `parked` back (the counterpart of [`PendingStreams::park`]).
+    pub fn unpark(&mut self, parked: Parked) -> io::Result<()> {
+        if parked.keys.is_empty() {
+            return Ok(());
+        }
+        let Some((_, rx)) = self.parking.as_ref() else {
+            return Err(io::Error::other("no parked streams"));
+        };
+        let mut byte = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_PENDING]);
+        let msg = socket::recvmsg::<()>(
+            rx.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let socket::ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: fds just received with SCM_RIGHTS: ours alone.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        if fds.len() != parked.keys.len() {
+            return Err(io::Error::other(format!(
+                "{} parked streams, {} came back",
+                parked.keys.len(),
+                fds.len()
+            )));
+        }
+        for ((key, since), fd) in parked.keys.into_iter().zip(fds) {
+            self.map.insert(key, (fd, since));
+        }
+        Ok(())
+    }
+
     /// Drop streams older than [`STREAM_TTL`]; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.map.len();
@@ -182,6 +281,40 @@ mod tests {
         let got = s.take(&pr("c"), &only_out).unwrap();
         assert!(got.stdout.is_some() && got.stdin.is_none());
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn parked_streams_leave_the_fd_table_and_come_back_working() {
+        use std::io::{Read, Write};
+        let mut s = PendingStreams::default();
+        let now = Instant::now();
+        let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+        let guest = OwnedFd::from(guest);
+        let raw = guest.as_raw_fd();
+        s.register(pr("a"), StreamKind::Stdout, guest, now).unwrap();
+        s.register(pr("b"), StreamKind::Stdin, fd(), now).unwrap();
+        let parked = s.park().unwrap();
+        assert!(s.is_empty());
+        // SAFETY: F_GETFD probe of a number we no longer own.
+        let open = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        assert!(open < 0, "the parked stream is still in the fd table");
+        s.unpark(parked).unwrap();
+        assert_eq!(s.len(), 2);
+        let spec = StdioSpec {
+            stdout: true,
+            ..Default::default()
+        };
+        let got = s.take(&pr("a"), &spec).unwrap();
+        let mut out = std::fs::File::from(got.stdout.unwrap());
+        out.write_all(b"still connected").unwrap();
+        drop(out);
+        let mut text = String::new();
+        host.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "still connected");
+        // Nothing pending: nothing to park.
+        s.map.clear();
+        let parked = s.park().unwrap();
+        s.unpark(parked).unwrap();
     }
 
     #[test]

@@ -14,11 +14,12 @@ use super::stdio::{fork_relay, HostEnd, HostPty, ProcessStreams};
 use crate::runtime::bundle::{Bundle, CONFIG_FILE};
 use crate::runtime::cgroup::resolve_cgroup_path;
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::id::validate_id;
 use crate::runtime::lifecycle::{send_signal, write_pid_file, CreateOptions};
 use crate::runtime::process::{is_same_live_process, start_time, wait_exited};
 use crate::runtime::state::{ContainerDir, ContainerRecord, StateStore, VmRecord};
 use crate::runtime::Isolation;
-use crate::vm_launch::{self, VmOptions};
+use crate::vm_launch::{self, shared, VmOptions};
 
 /// How long `delete` waits for the VMM to power off before it SIGKILLs it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,10 +95,45 @@ fn agent_err(id: &str) -> impl Fn(AgentError) -> RuntimeError + '_ {
     }
 }
 
-/// Create container `id`: boot its microVM, run the host hooks, open the init's stdio and
-/// create the container in the guest (stopped before exec). On any error the VMM is stopped
-/// and the state directory removed (the console log is kept in the temporary directory and
-/// named in the error).
+/// The CRI annotation naming a container's role in its pod (`sandbox` or `container`).
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The CRI annotation naming the pod's sandbox container.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Which VM a new container runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// It boots its own VM (a pod sandbox, or a container outside any pod).
+    OwnVm,
+    /// It joins the VM of the given pod sandbox.
+    Member(String),
+}
+
+/// The pod role from the spec's CRI annotations: `container-type=container` with a sandbox-id
+/// joins that sandbox's VM; anything else boots a VM.
+pub fn pod_role(spec: &Spec, id: &str) -> Result<PodRole> {
+    let Some(ann) = spec.annotations() else {
+        return Ok(PodRole::OwnVm);
+    };
+    if ann.get(CRI_CONTAINER_TYPE).map(String::as_str) != Some("container") {
+        return Ok(PodRole::OwnVm);
+    }
+    match ann.get(CRI_SANDBOX_ID) {
+        Some(sid) if sid == id => Err(RuntimeError::Invalid(format!(
+            "container {id}: annotation {CRI_SANDBOX_ID} names the container itself"
+        ))),
+        Some(sid) => Ok(PodRole::Member(sid.clone())),
+        None => Err(RuntimeError::Invalid(format!(
+            "container {id}: annotation {CRI_CONTAINER_TYPE}=container needs {CRI_SANDBOX_ID}"
+        ))),
+    }
+}
+
+/// Create container `id`: boot its microVM (or, for a pod member, join its sandbox's VM),
+/// share its rootfs, run the host hooks, open the init's stdio and create the container in
+/// the guest (stopped before exec). On any error the container is removed from the guest, its
+/// bind mounts are undone, a VMM it booted is stopped and the state directory removed (the
+/// console log is kept in the temporary directory and named in the error).
 pub fn create(
     store: &StateStore,
     settings: &VmSettings,
@@ -123,6 +159,9 @@ pub fn create(
         )));
     }
     let cgroup_path = resolve_cgroup_path(&bundle.spec, id, &bundle.dir.join(CONFIG_FILE))?;
+    if let PodRole::Member(sid) = pod_role(&bundle.spec, id)? {
+        return create_member(store, settings, id, opts, stdio, &bundle, cgroup_path, &sid);
+    }
     let vm_opts = VmOptions {
         kernel: settings.kernel.clone(),
         ..VmOptions::default()
@@ -138,7 +177,8 @@ pub fn create(
     }
     let mut dir = store.claim(id)?;
     let mut vmm = VmmGuard::default();
-    let result = boot_and_create(&dir, &bundle, id, opts, stdio, &plan, cgroup_path, &mut vmm);
+    let result = boot(&dir, &bundle, id, &plan, cgroup_path, &mut vmm)
+        .and_then(|record| create_in_guest(&dir, &bundle, id, opts, stdio, record));
     match result {
         Ok(created) => {
             vmm.disarm();
@@ -147,54 +187,48 @@ pub fn create(
         }
         Err(err) => {
             vmm.stop();
-            Err(keep_console_log(err, &dir, id))
+            let err = keep_console_log(err, &dir, id);
+            // The directory's removal unmounts too; this reports a failure to do so.
+            if let Err(e) = shared::remove_tree(&shared::shared_dir(dir.path())) {
+                tracing::warn!(id, "rollback: {e}");
+            }
+            Err(err)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn boot_and_create(
+/// Boot container `id`'s own VM and wait for its agent; returns the record (not yet created).
+fn boot(
     dir: &ContainerDir,
     bundle: &Bundle,
     id: &str,
-    opts: &CreateOptions<'_>,
-    stdio: InitStdio,
     plan: &vm_launch::VmPlan,
     cgroup_path: String,
     vmm: &mut VmmGuard,
-) -> Result<Created> {
+) -> Result<ContainerRecord> {
     let launch_err = |err| RuntimeError::VmLaunch {
         id: id.to_string(),
         err: Box::new(err),
         kept_log: None,
     };
-    let initrd =
-        vm_launch::build_initrd(plan, id, &bundle.rootfs, dir.path()).map_err(launch_err)?;
+    let initrd = vm_launch::agent_initrd(plan, dir.path()).map_err(launch_err)?;
     let vm = vm_launch::launch(plan, &initrd, dir.path()).map_err(launch_err)?;
     vmm.pid = vm.pid;
     let vmm_start = start_time(vm.pid).unwrap_or(0);
-    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    let mut record = ContainerRecord {
-        id: id.to_string(),
-        isolation: Isolation::Vm,
-        pid: vm.pid,
-        pid_start_time: vmm_start,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
+    let record = new_record(
+        dir,
+        bundle,
+        id,
         cgroup_path,
-        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-        created,
-        exec_fifo: dir.exec_fifo(),
-        spec: bundle.spec.clone(),
-        vm: Some(VmRecord {
+        (vm.pid, vmm_start),
+        VmRecord {
             vsock_uds: vm.vsock_uds.clone(),
             console_log: vm.serial_log.clone(),
             agent_timeout_ms: plan.agent_timeout.as_millis() as u64,
-            created: false,
-            relay_pid: 0,
-            relay_start_time: 0,
-        }),
-    };
+            shared_dir: shared::shared_dir(dir.path()),
+            ..VmRecord::default()
+        },
+    );
     // Written now so that `state` says "creating" and a killed `create` leaves a VMM pid that
     // `delete --force` can find.
     dir.write(&record)?;
@@ -204,11 +238,155 @@ fn boot_and_create(
             log: super::console_log::ConsoleLog::read(&vm.serial_log),
         }));
     }
-    let target = target_of(&record)?;
     tracing::debug!(id, pid = vm.pid, "VMM launched; waiting for the agent");
-    let mut client = AgentClient::connect(&target).map_err(agent_err(id))?;
-    // The guest runs from its initramfs now: the file is no longer needed.
-    let _ = std::fs::remove_file(&initrd);
+    AgentClient::connect(&target_of(&record)?).map_err(agent_err(id))?;
+    // A fallback initrd in the state directory is no longer needed (the cached one is kept).
+    if initrd.starts_with(dir.path()) {
+        let _ = std::fs::remove_file(&initrd);
+    }
+    Ok(record)
+}
+
+fn new_record(
+    dir: &ContainerDir,
+    bundle: &Bundle,
+    id: &str,
+    cgroup_path: String,
+    (pid, pid_start_time): (i32, u64),
+    vm: VmRecord,
+) -> ContainerRecord {
+    ContainerRecord {
+        id: id.to_string(),
+        isolation: Isolation::Vm,
+        pid,
+        pid_start_time,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        cgroup_path,
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        exec_fifo: dir.exec_fifo(),
+        spec: bundle.spec.clone(),
+        vm: Some(vm),
+    }
+}
+
+/// The live, created sandbox `sid` that member `id` joins.
+fn sandbox_of(store: &StateStore, id: &str, sid: &str) -> Result<ContainerRecord> {
+    let refuse = |why: String| {
+        RuntimeError::Invalid(format!(
+            "container {id}: cannot join pod sandbox {sid} ({CRI_SANDBOX_ID}): {why}"
+        ))
+    };
+    validate_id(sid).map_err(|_| refuse("not a valid container id".into()))?;
+    let sandbox = match store.read(sid) {
+        Ok(r) => r,
+        Err(RuntimeError::NotFound(_)) => {
+            return Err(refuse(format!(
+                "it does not exist under {}",
+                store.root().display()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(vm) = &sandbox.vm else {
+        return Err(refuse("it is not a --isolation vm container".into()));
+    };
+    if let Some(outer) = &vm.sandbox {
+        return Err(refuse(format!(
+            "it is itself a member of pod sandbox {outer}"
+        )));
+    }
+    if !is_same_live_process(sandbox.pid, sandbox.pid_start_time) {
+        return Err(refuse(format!(
+            "its VM is gone (VMM pid {} is not running)",
+            sandbox.pid
+        )));
+    }
+    if !vm.created {
+        return Err(refuse("it is still being created".into()));
+    }
+    if vm.shared_dir.as_os_str().is_empty() {
+        return Err(refuse(
+            "its VM has no shared directory (created by an older kvmbox)".into(),
+        ));
+    }
+    Ok(sandbox)
+}
+
+/// Create pod member `id` in the VM of sandbox `sid`.
+#[allow(clippy::too_many_arguments)]
+fn create_member(
+    store: &StateStore,
+    settings: &VmSettings,
+    id: &str,
+    opts: &CreateOptions<'_>,
+    stdio: InitStdio,
+    bundle: &Bundle,
+    cgroup_path: String,
+    sid: &str,
+) -> Result<Created> {
+    let sandbox = sandbox_of(store, id, sid)?;
+    let svm = vm_of(&sandbox)?;
+    let mut dir = store.claim(id)?;
+    let record = new_record(
+        &dir,
+        bundle,
+        id,
+        cgroup_path,
+        (sandbox.pid, sandbox.pid_start_time),
+        VmRecord {
+            vsock_uds: svm.vsock_uds.clone(),
+            console_log: svm.console_log.clone(),
+            agent_timeout_ms: settings
+                .agent_timeout
+                .map_or(svm.agent_timeout_ms, |t| t.as_millis() as u64),
+            shared_dir: svm.shared_dir.clone(),
+            sandbox: Some(sid.to_string()),
+            ..VmRecord::default()
+        },
+    );
+    dir.write(&record)?;
+    match create_in_guest(&dir, bundle, id, opts, stdio, record) {
+        Ok(created) => {
+            dir.keep();
+            tracing::debug!(id, sandbox = sid, "pod member created in the sandbox's VM");
+            Ok(created)
+        }
+        Err(err) => {
+            if let Err(e) = shared::remove_container(&svm.shared_dir, id) {
+                tracing::warn!(id, "rollback: {e}");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Share the rootfs (and host bind mounts) of `id` with the guest, run the host hooks, open
+/// the init's stdio and create the container in the guest. On error after the guest created
+/// it, the container is deleted in the guest again; the caller undoes the shares.
+fn create_in_guest(
+    dir: &ContainerDir,
+    bundle: &Bundle,
+    id: &str,
+    opts: &CreateOptions<'_>,
+    stdio: InitStdio,
+    mut record: ContainerRecord,
+) -> Result<Created> {
+    let shared_dir = vm_of(&record)?.shared_dir.clone();
+    let target = target_of(&record)?;
+    let share_err = |err| RuntimeError::VmLaunch {
+        id: id.to_string(),
+        err: Box::new(err),
+        kept_log: None,
+    };
+    let readonly = bundle.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+    if readonly {
+        shared::create_mount_points(&bundle.rootfs, &mount_points(&bundle.spec, &bundle.dir));
+    }
+    shared::mount_rootfs(&shared_dir, id, &bundle.rootfs, readonly).map_err(share_err)?;
+    let mut guest_spec = guest_spec(&bundle.spec, id);
+    share_bind_mounts(&mut guest_spec, &bundle.dir, &shared_dir, id).map_err(share_err)?;
     let hooks = |pick: fn(&Hooks) -> &Option<Vec<Hook>>| hooks_of(&bundle.spec, pick);
     let state = record.oci_state(Status::Creating);
     for (kind, list) in [
@@ -229,9 +407,9 @@ fn boot_and_create(
         ),
         _ => None,
     };
+    let mut client = AgentClient::connect(&target).map_err(agent_err(id))?;
     let streams = ProcessStreams::open(&target, &init_ref(id), terminal).map_err(agent_err(id))?;
     let stdio_spec = streams.spec;
-    let mut guest_spec = guest_spec(&bundle.spec, id);
     if terminal && pty.is_none() {
         if let (Some(p), Some((rows, cols))) = (
             guest_spec.process().clone(),
@@ -261,24 +439,38 @@ fn boot_and_create(
             return Err(agent_err(id)(AgentError::Unexpected(format!("{other:?}"))));
         }
     };
-    drop(client);
-    let mut streams = Some(streams);
-    if stdio == InitStdio::Detached || pty.is_some() {
-        let end = match pty {
-            Some(p) => HostEnd::PtySlave(p.slave),
-            None => HostEnd::Stdio,
-        };
-        let relay = fork_relay(streams.take().expect("opened"), end, &target, &init_ref(id))
-            .map_err(|msg| RuntimeError::Invalid(format!("container {id}: {msg}")))?;
-        let vm = record.vm.as_mut().expect("set above");
-        vm.relay_pid = relay;
-        vm.relay_start_time = start_time(relay).unwrap_or(0);
-    }
-    record.vm.as_mut().expect("set above").created = true;
-    dir.write(&record)?;
-    if let Some(pid_file) = opts.pid_file {
-        write_pid_file(pid_file, record.pid)?;
-    }
+    let finish = (|| {
+        let mut streams = Some(streams);
+        if stdio == InitStdio::Detached || pty.is_some() {
+            let end = match pty {
+                Some(p) => HostEnd::PtySlave(p.slave),
+                None => HostEnd::Stdio,
+            };
+            let relay = fork_relay(streams.take().expect("opened"), end, &target, &init_ref(id))
+                .map_err(|msg| RuntimeError::Invalid(format!("container {id}: {msg}")))?;
+            let vm = record.vm.as_mut().expect("vm record");
+            vm.relay_pid = relay;
+            vm.relay_start_time = start_time(relay).unwrap_or(0);
+        }
+        record.vm.as_mut().expect("vm record").created = true;
+        dir.write(&record)?;
+        if let Some(pid_file) = opts.pid_file {
+            write_pid_file(pid_file, record.pid)?;
+        }
+        Ok(streams)
+    })();
+    let streams = match finish {
+        Ok(s) => s,
+        Err(err) => {
+            if let Err(e) = client.request_ok(&Request::DeleteContainer {
+                id: id.to_string(),
+                force: true,
+            }) {
+                tracing::debug!(id, "rollback: DeleteContainer: {e}");
+            }
+            return Err(err);
+        }
+    };
     tracing::debug!(
         id,
         vmm = record.pid,
@@ -286,6 +478,65 @@ fn boot_and_create(
         "container created in the microVM"
     );
     Ok(Created { record, streams })
+}
+
+/// The mount destinations of `spec` that lie directly in the rootfs (not below another mount's
+/// destination), each with whether it is a file (a bind mount of a host file).
+fn mount_points(spec: &Spec, bundle_dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let dests: Vec<&Path> = mounts.iter().map(|m| m.destination().as_path()).collect();
+    mounts
+        .iter()
+        .filter(|m| {
+            let d = m.destination();
+            !dests.iter().any(|o| *o != d.as_path() && d.starts_with(o))
+        })
+        .map(|m| {
+            let file = is_bind(m)
+                && m.source()
+                    .as_ref()
+                    .is_some_and(|s| bundle_dir.join(s).is_file());
+            (m.destination().clone(), file)
+        })
+        .collect()
+}
+
+/// Whether an OCI mount is a bind mount (type `bind`, or a `bind`/`rbind` option).
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+/// Share every host bind-mount source of `spec` under `<shared>/<id>/mounts/<n>` and point the
+/// mount at its guest path (relative sources are resolved against the bundle).
+fn share_bind_mounts(
+    spec: &mut Spec,
+    bundle_dir: &Path,
+    shared_dir: &Path,
+    id: &str,
+) -> std::result::Result<(), vm_launch::VmLaunchError> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    for (n, m) in mounts.iter_mut().enumerate() {
+        if !is_bind(m) {
+            continue;
+        }
+        let Some(source) = m.source().clone() else {
+            continue;
+        };
+        let source = bundle_dir.join(source);
+        let readonly = m
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "ro"));
+        let guest = shared::mount_host_path(shared_dir, id, n, &source, readonly)?;
+        m.set_source(Some(PathBuf::from(guest)));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// The spec the agent gets: the rootfs at its guest path, and only the hooks that run in the
@@ -445,10 +696,39 @@ pub fn kill(record: &ContainerRecord, signal: i32, all: bool) -> Result<()> {
     }
 }
 
-/// `delete`: remove the container in the guest, power the VM off (SIGKILL if it does not stop
-/// in time), stop the stdio relay, run the poststop hooks and remove the state directory.
+/// The pod members (containers that joined `sandbox`'s VM) under `store`, sorted.
+pub fn members_of(store: &StateStore, sandbox: &str) -> Vec<String> {
+    store
+        .ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m != sandbox)
+        .filter(|m| {
+            store.read(m).is_ok_and(|r| {
+                r.vm.as_ref()
+                    .is_some_and(|v| v.sandbox.as_deref() == Some(sandbox))
+            })
+        })
+        .collect()
+}
+
+/// `delete`: remove the container in the guest; for a container that booted its VM, power
+/// the VM off (SIGKILL if it does not stop in time) — refused while pod members still use it
+/// unless `force`; a pod member never stops the VM. Then stop the stdio relay, undo the bind
+/// mounts in the shared directory, run the poststop hooks and remove the state directory.
 pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Result<()> {
     let id = &record.id;
+    let vm = vm_of(record)?;
+    let store = StateStore::new(dir.path().parent().unwrap_or(Path::new("/")));
+    if vm.sandbox.is_none() {
+        let members = members_of(&store, id);
+        if !members.is_empty() && !force {
+            return Err(RuntimeError::Invalid(format!(
+                "container {id}: its VM still runs pod members {}: delete them first (or use --force)",
+                members.join(", ")
+            )));
+        }
+    }
     let vmm_alive = is_same_live_process(record.pid, record.pid_start_time);
     if vmm_alive {
         let status = match status(record) {
@@ -462,14 +742,25 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
         if matches!(status, Some(Status::Running | Status::Creating)) && !force {
             return Err(RuntimeError::StillRunning(id.clone()));
         }
-        shutdown_vm(record);
-    }
-    if let Some(vm) = &record.vm {
-        if vm.relay_pid > 0 && is_same_live_process(vm.relay_pid, vm.relay_start_time) {
-            let _ = send_signal(vm.relay_pid, libc::SIGKILL);
-            wait_exited(vm.relay_pid, KILL_TIMEOUT);
+        match vm.sandbox {
+            None => shutdown_vm(record),
+            Some(_) => delete_in_guest(record),
         }
     }
+    if vm.relay_pid > 0 && is_same_live_process(vm.relay_pid, vm.relay_start_time) {
+        let _ = send_signal(vm.relay_pid, libc::SIGKILL);
+        wait_exited(vm.relay_pid, KILL_TIMEOUT);
+    }
+    let unshare = match (&vm.sandbox, vm.shared_dir.as_os_str().is_empty()) {
+        (_, true) => Ok(()),
+        (None, false) => shared::remove_tree(&vm.shared_dir),
+        (Some(_), false) => shared::remove_container(&vm.shared_dir, id),
+    };
+    unshare.map_err(|err| RuntimeError::VmLaunch {
+        id: id.clone(),
+        err: Box::new(err),
+        kept_log: None,
+    })?;
     let hooks = hooks_of(&record.spec, |h| h.poststop());
     if !hooks.is_empty() {
         if let Err(e) = container::run_hooks(&hooks, &record.oci_state(Status::Stopped), "poststop")
@@ -478,8 +769,28 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
         }
     }
     dir.remove()?;
-    tracing::debug!(id, "container and microVM deleted");
+    tracing::debug!(id, "container deleted");
     Ok(())
+}
+
+/// Delete pod member `record` in the guest (the VM keeps running).
+fn delete_in_guest(record: &ContainerRecord) {
+    let id = &record.id;
+    let Ok(mut target) = target_of(record) else {
+        return;
+    };
+    target.timeout = target.timeout.min(DELETE_AGENT_TIMEOUT);
+    match AgentClient::connect(&target) {
+        Ok(mut client) => {
+            if let Err(e) = client.request_ok(&Request::DeleteContainer {
+                id: id.clone(),
+                force: true,
+            }) {
+                tracing::warn!(id, "delete: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(id, "delete: {e}"),
+    }
 }
 
 /// Ask the agent to delete the container and power off; SIGKILL the VMM if that fails or
@@ -637,7 +948,7 @@ mod tests {
         .unwrap();
         let g = guest_spec(&spec, "c1");
         let root = g.root().as_ref().unwrap();
-        assert_eq!(root.path(), Path::new("/containers/c1/rootfs"));
+        assert_eq!(root.path(), Path::new("/run/kvmbox/shared/c1/rootfs"));
         assert_eq!(root.readonly(), Some(true));
         let h = g.hooks().as_ref().unwrap();
         assert!(h.prestart().is_none() && h.create_runtime().is_none());
@@ -650,5 +961,51 @@ mod tests {
             h.start_container().as_ref().unwrap()[0].path(),
             Path::new("/bin/sc")
         );
+    }
+
+    fn spec_with(annotations: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": annotations
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_role_follows_the_cri_annotations() {
+        let none: Spec =
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+        assert_eq!(pod_role(&none, "a").unwrap(), PodRole::OwnVm);
+        let sandbox = spec_with(serde_json::json!({
+            CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "a"
+        }));
+        assert_eq!(pod_role(&sandbox, "a").unwrap(), PodRole::OwnVm);
+        let member = spec_with(serde_json::json!({
+            CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod1"
+        }));
+        assert_eq!(
+            pod_role(&member, "m1").unwrap(),
+            PodRole::Member("pod1".into())
+        );
+        let err = pod_role(&member, "pod1").unwrap_err().to_string();
+        assert!(err.contains("itself"), "{err}");
+        let orphan = spec_with(serde_json::json!({CRI_CONTAINER_TYPE: "container"}));
+        let err = pod_role(&orphan, "m1").unwrap_err().to_string();
+        assert!(err.contains(CRI_SANDBOX_ID) && err.contains("m1"), "{err}");
+    }
+
+    #[test]
+    fn bind_mounts_are_recognised() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [
+                {"destination": "/a", "type": "bind", "source": "/x"},
+                {"destination": "/b", "source": "/y", "options": ["rbind", "ro"]},
+                {"destination": "/proc", "type": "proc", "source": "proc"}
+            ]
+        }))
+        .unwrap();
+        let m = spec.mounts().as_ref().unwrap();
+        assert!(is_bind(&m[0]) && is_bind(&m[1]) && !is_bind(&m[2]));
     }
 }
