@@ -122,6 +122,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .arg(me.dir.join("config.toml"))
             .env("PATH", path)
             .env("KVMBOX_SHIM_ROOT", me.dir.join("kvmbox"))
+            // Boots are slow on a loaded machine: let vm-mode creates wait for the agent.
+            .env("KVMBOX_AGENT_TIMEOUT", "600")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -870,6 +872,90 @@ fn containers_of_one_pod_share_one_shim() {
     ctrd.ctr(&["container", "rm", &b]).ok();
     ctrd.assert_no_leftovers(&b, pid_b);
     assert!(gone(shims[0]), "the pod's shim outlived its last container");
+}
+
+/// Two containers of one pod (the CRI annotations: a sandbox and a member naming it) share
+/// one shim and one microVM (the same VMM pid); the member is exec'd into, killed and removed
+/// while the VM runs on; deleting the sandbox stops the VM.
+#[test]
+fn vm_pod_containers_share_one_shim_and_one_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let sandbox = id("vm-pod");
+    let member = id("vm-pod-app");
+    let sid = format!("io.kubernetes.cri.sandbox-id={sandbox}");
+    let role = |r: &str| format!("io.kubernetes.cri.container-type={r}");
+    let (as_sandbox, as_member) = (role("sandbox"), role("container"));
+    ctrd.run_in(
+        VM_MODE,
+        &["-d", "--annotation", &sid, "--annotation", &as_sandbox],
+        &sandbox,
+        &["sleep", "1000"],
+    )
+    .ok();
+    ctrd.run_in(
+        VM_MODE,
+        &["-d", "--annotation", &sid, "--annotation", &as_member],
+        &member,
+        &["sleep", "1000"],
+    )
+    .ok();
+    let (vmm, _) = ctrd.task(&sandbox).expect("sandbox listed");
+    let (member_pid, status) = ctrd.task(&member).expect("member listed");
+    assert_eq!(status, "RUNNING");
+    assert_eq!(member_pid, vmm, "the member runs in the sandbox's VM");
+    assert_eq!(
+        vmms_mentioning(&member),
+        Vec::<i32>::new(),
+        "the member booted a VM"
+    );
+    let shims = shims_for(&sandbox);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    assert!(shims_for(&member).is_empty(), "the member got its own shim");
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &member,
+        "sh",
+        "-c",
+        "echo in-member; exit 5",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(5), "in-member\n"),
+        "{out:#?}"
+    );
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &member])
+        .ok();
+    ctrd.wait_task(&member, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &member]).ok();
+    ctrd.ctr(&["container", "rm", &member]).ok();
+    assert!(!gone_now(vmm), "removing the member stopped the pod's VM");
+    assert_eq!(ctrd.task(&sandbox).map(|t| t.1).as_deref(), Some("RUNNING"));
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &sandbox])
+        .ok();
+    ctrd.wait_task(&sandbox, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &sandbox]).ok();
+    ctrd.ctr(&["container", "rm", &sandbox]).ok();
+    ctrd.assert_no_leftovers(&member, vmm);
+    ctrd.assert_no_leftovers(&sandbox, vmm);
+    assert!(gone(shims[0]), "the pod's shim outlived its last container");
+}
+
+/// True if `pid` is gone or a zombie right now.
+fn gone_now(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
 }
 
 /// min / median / max of `samples` in milliseconds.
