@@ -281,8 +281,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             left.push(format!("kvmbox state {}", state.display()));
         }
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        if mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))) {
-            left.push("rootfs mount".into());
+        for line in mounts
+            .lines()
+            .filter(|l| l.contains(&format!("/{id}/rootfs")))
+        {
+            left.push(format!("rootfs mount: {line}"));
         }
         left
     }
