@@ -1,7 +1,9 @@
 //! containerd end-to-end tests for `containerd-shim-kvmbox-v2`: a private containerd (Debian's
 //! containerd 1.6 package, `apt-get install containerd`) started from a temp dir with the built
 //! shim and kvmbox on its PATH, a locally built busybox image imported with `ctr image import`,
-//! and `ctr` driving containers in namespace mode. Needs root.
+//! and `ctr` driving containers in namespace mode and (one boot per VM test, they are slow
+//! here) in vm mode. Needs root; the vm tests need /dev/kvm, the static agent (`make agent`)
+//! and the guest kernel (build cache or KVMBOX_KERNEL).
 
 #[path = "common/image.rs"]
 mod image;
@@ -17,6 +19,9 @@ use image::{build_busybox_image, IMAGE_NAME};
 const RUNTIME: &str = "io.containerd.kvmbox.v2";
 const NAMESPACE_MODE: &str = "io.kvmbox.isolation=namespace";
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+/// A `ctr` call that may boot a microVM (30–90 s here, far more on a loaded machine).
+const VM_CTR_TIMEOUT: Duration = Duration::from_secs(900);
+const VM_MODE: &str = "io.kvmbox.isolation=vm";
 const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacct", "freezer"];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -42,6 +47,8 @@ struct Containerd {
     dir: PathBuf,
     namespace: String,
     child: Option<Child>,
+    /// Longest wait for one `ctr` call.
+    timeout: Duration,
 }
 
 fn require_tools() {
@@ -81,6 +88,7 @@ impl Containerd {
             namespace: format!("kvmbox-e2e-{}-{n}", std::process::id()),
             dir,
             child: None,
+            timeout: CTR_TIMEOUT,
         };
         let t = me.dir.display().to_string();
         let config = format!(
@@ -114,6 +122,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .arg(me.dir.join("config.toml"))
             .env("PATH", path)
             .env("KVMBOX_SHIM_ROOT", me.dir.join("kvmbox"))
+            // Boots are slow on a loaded machine: let vm-mode creates wait for the agent.
+            .env("KVMBOX_AGENT_TIMEOUT", "600")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -169,7 +179,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        let out = match rx.recv_timeout(CTR_TIMEOUT) {
+        let out = match rx.recv_timeout(self.timeout) {
             Ok(out) => out.expect("wait for ctr"),
             Err(_) => {
                 let _ = nix::sys::signal::kill(
@@ -189,8 +199,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr run` with the kvmbox runtime in namespace mode.
     fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
+        self.run_in(NAMESPACE_MODE, flags, id, command)
+    }
+
+    /// `ctr run` with the kvmbox runtime and the isolation annotation `mode`.
+    fn run_in(&self, mode: &str, flags: &[&str], id: &str, command: &[&str]) -> Outcome {
         let fifo = self.dir.join("fifo");
-        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", NAMESPACE_MODE];
+        let mut args = vec!["run", "--runtime", RUNTIME, "--annotation", mode];
         args.extend_from_slice(&["--fifo-dir", fifo.to_str().unwrap()]);
         args.extend_from_slice(flags);
         args.extend_from_slice(&[IMAGE_NAME, id]);
@@ -208,9 +223,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         })
     }
 
+    /// How long state changes may take: longer when a microVM has to stop.
+    fn patience(&self) -> Duration {
+        if self.timeout > CTR_TIMEOUT {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(20)
+        }
+    }
+
     /// Wait until `ctr task ls` shows `id` with `status` (or without it for `None`).
     fn wait_task(&self, id: &str, status: Option<&str>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + self.patience();
         loop {
             let now = self.task(id);
             if now.as_ref().map(|(_, s)| s.as_str()) == status {
@@ -228,7 +252,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Nothing of container `id` is left (within 10 s: containerd cleans up after a dead
     /// shim asynchronously): no cgroup, no kvmbox state, no rootfs mount, no live process.
     fn assert_no_leftovers(&self, id: &str, pid: i32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + self.patience();
         loop {
             let left = self.leftovers(id);
             if left.is_empty() {
@@ -257,8 +281,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             left.push(format!("kvmbox state {}", state.display()));
         }
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        if mounts.lines().any(|l| l.contains(&format!("/{id}/rootfs"))) {
-            left.push("rootfs mount".into());
+        for line in mounts
+            .lines()
+            .filter(|l| l.contains(&format!("/{id}/rootfs")))
+        {
+            left.push(format!("rootfs mount: {line}"));
         }
         left
     }
@@ -550,36 +577,190 @@ fn containerd_recovers_when_the_shim_is_killed() {
     ctrd.assert_no_leftovers(&c, pid);
 }
 
+/// The VMM processes (kvmbox-vmm) whose command line mentions `needle`.
+fn vmms_mentioning(needle: &str) -> Vec<i32> {
+    pids_mentioning(needle)
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("kvmbox-vmm"))
+        })
+        .collect()
+}
+
+/// One microVM boot: a foreground `ctr run --rm` in vm mode whose output and exit code come
+/// back through the shim, with exec (output, stdin, exit code), ps (guest pids), metrics
+/// (cgroup v2 in the guest), pause/resume, kill of an exec and events in order, all in the
+/// same VM; then nothing is left (VMM, state, rootfs mount).
 #[test]
-fn vm_isolation_is_refused_with_a_clear_error() {
-    let ctrd = Containerd::start();
+fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let ctrd = std::sync::Arc::new(ctrd);
+    let watcher = ctrd.watch_events();
     let c = id("vm");
-    let fifo = ctrd.dir.join("fifo");
-    let out = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        fifo.to_str().unwrap(),
-        IMAGE_NAME,
-        &c,
-        "true",
-    ]);
-    assert_ne!(out.code, Some(0), "{out:#?}");
+    let script = "echo hello-from-vm; uname -r; echo to-stderr >&2; \
+                  while [ ! -e /tmp/stop ]; do sleep 0.2; done; exit 7";
+    let run = {
+        let (ctrd, c) = (std::sync::Arc::clone(&ctrd), c.clone());
+        std::thread::spawn(move || ctrd.run_in(VM_MODE, &["--rm"], &c, &["sh", "-c", script]))
+    };
+    // The task shows up once the VM booted and the container runs.
+    let deadline = Instant::now() + VM_CTR_TIMEOUT;
+    let vmm_pid = loop {
+        if let Some((pid, status)) = ctrd.task(&c) {
+            if status == "RUNNING" {
+                break pid;
+            }
+        }
+        assert!(
+            !run.is_finished() && Instant::now() < deadline,
+            "vm task never ran; containerd log:\n{}",
+            ctrd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let comm = fs::read_to_string(format!("/proc/{vmm_pid}/comm")).unwrap_or_default();
     assert!(
-        out.stderr
-            .contains("isolation vm (the default) is not built yet"),
+        comm.starts_with("kvmbox-vmm"),
+        "task pid {vmm_pid} is {comm:?}, not the VMM"
+    );
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &c,
+        "sh",
+        "-c",
+        "echo in-vm-exec; exit 3",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(3), "in-vm-exec\n"),
         "{out:#?}"
     );
+    let out = ctrd.ctr_input(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            &c,
+            "sh",
+            "-c",
+            "cat; echo end",
+        ],
+        Some(b"piped-into-vm\n"),
+    );
+    assert_eq!(out.ok().stdout, "piped-into-vm\nend\n", "{out:#?}");
+
+    // Guest pids: the init is pid 1 of the container's pid namespace or a guest pid, never
+    // the VMM's host pid.
+    let ps = ctrd.ctr(&["task", "ps", &c]);
+    let pids: Vec<i32> = ps
+        .ok()
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!pids.is_empty() && !pids.contains(&vmm_pid), "{ps:#?}");
+
+    let metrics = ctrd.ctr(&["task", "metrics", &c]);
+    metrics.ok();
+    assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
+    assert!(metrics.stdout.contains("memory.usage"), "{metrics:#?}");
+
+    ctrd.ctr(&["task", "pause", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
+    ctrd.ctr(&["task", "resume", &c]).ok();
+    assert_eq!(ctrd.task(&c).unwrap().1, "RUNNING");
+
+    // An exec killed through the agent reports 128+9.
+    let sleeper = {
+        let (ctrd, c) = (std::sync::Arc::clone(&ctrd), c.clone());
+        std::thread::spawn(move || {
+            ctrd.ctr(&["task", "exec", "--exec-id", "bg", &c, "sleep", "1000"])
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ctrd
+        .ctr(&["task", "kill", "--exec-id", "bg", "--signal", "SIGKILL", &c])
+        .code
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "could not kill exec bg");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sleeper.join().unwrap();
+    assert_eq!(out.code, Some(137), "{out:#?}");
+
+    // The init's exit code and output come back to the foreground `ctr run`.
+    ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "stop",
+        &c,
+        "touch",
+        "/tmp/stop",
+    ])
+    .ok();
+    let out = run.join().unwrap();
+    assert_eq!(
+        out.code,
+        Some(7),
+        "{out:#?}\ncontainerd log:\n{}",
+        ctrd.log()
+    );
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("hello-from-vm"), "{out:#?}");
+    assert!(
+        lines.next().is_some_and(|k| k.contains("kvmbox")),
+        "guest kernel: {out:#?}"
+    );
+    assert!(out.stderr.contains("to-stderr"), "{out:#?}");
+
+    ctrd.wait_task(&c, None);
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
     assert_eq!(
         listed.ok().stdout.trim(),
         "",
         "--rm left containers: {listed:#?}"
     );
-    let state = ctrd.dir.join("kvmbox").join(&ctrd.namespace).join(&c);
-    assert!(!state.exists(), "leftover kvmbox state");
+    ctrd.assert_no_leftovers(&c, vmm_pid);
+    let exec = ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"];
+    let mut want = vec!["/tasks/create", "/tasks/start"];
+    want.extend(exec);
+    want.extend(exec);
+    want.extend(["/tasks/paused", "/tasks/resumed"]);
+    want.extend(exec);
+    want.extend(exec);
+    want.extend(["/tasks/exit", "/tasks/delete"]);
+    assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
+}
+
+/// A vm container whose shim is SIGKILLed: containerd runs `shim delete`, which stops the VM
+/// and removes everything.
+#[test]
+fn vm_shim_killed_stops_the_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let c = id("vm-orphan");
+    ctrd.run_in(VM_MODE, &["-d"], &c, &["sleep", "1000"]).ok();
+    let (vmm_pid, _) = ctrd.task(&c).expect("task listed");
+    assert_eq!(vmms_mentioning(&c), vec![vmm_pid], "one VMM for {c}");
+    let shims = shims_for(&c);
+    assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    ctrd.wait_task(&c, None);
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.assert_no_leftovers(&c, vmm_pid);
 }
 
 #[test]
@@ -696,6 +877,90 @@ fn containers_of_one_pod_share_one_shim() {
     assert!(gone(shims[0]), "the pod's shim outlived its last container");
 }
 
+/// Two containers of one pod (the CRI annotations: a sandbox and a member naming it) share
+/// one shim and one microVM (the same VMM pid); the member is exec'd into, killed and removed
+/// while the VM runs on; deleting the sandbox stops the VM.
+#[test]
+fn vm_pod_containers_share_one_shim_and_one_vm() {
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
+    let sandbox = id("vm-pod");
+    let member = id("vm-pod-app");
+    let sid = format!("io.kubernetes.cri.sandbox-id={sandbox}");
+    let role = |r: &str| format!("io.kubernetes.cri.container-type={r}");
+    let (as_sandbox, as_member) = (role("sandbox"), role("container"));
+    ctrd.run_in(
+        VM_MODE,
+        &["-d", "--annotation", &sid, "--annotation", &as_sandbox],
+        &sandbox,
+        &["sleep", "1000"],
+    )
+    .ok();
+    ctrd.run_in(
+        VM_MODE,
+        &["-d", "--annotation", &sid, "--annotation", &as_member],
+        &member,
+        &["sleep", "1000"],
+    )
+    .ok();
+    let (vmm, _) = ctrd.task(&sandbox).expect("sandbox listed");
+    let (member_pid, status) = ctrd.task(&member).expect("member listed");
+    assert_eq!(status, "RUNNING");
+    assert_eq!(member_pid, vmm, "the member runs in the sandbox's VM");
+    assert_eq!(
+        vmms_mentioning(&member),
+        Vec::<i32>::new(),
+        "the member booted a VM"
+    );
+    let shims = shims_for(&sandbox);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    assert!(shims_for(&member).is_empty(), "the member got its own shim");
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &member,
+        "sh",
+        "-c",
+        "echo in-member; exit 5",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(5), "in-member\n"),
+        "{out:#?}"
+    );
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &member])
+        .ok();
+    ctrd.wait_task(&member, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &member]).ok();
+    ctrd.ctr(&["container", "rm", &member]).ok();
+    assert!(!gone_now(vmm), "removing the member stopped the pod's VM");
+    assert_eq!(ctrd.task(&sandbox).map(|t| t.1).as_deref(), Some("RUNNING"));
+
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &sandbox])
+        .ok();
+    ctrd.wait_task(&sandbox, Some("STOPPED"));
+    ctrd.ctr(&["task", "rm", &sandbox]).ok();
+    ctrd.ctr(&["container", "rm", &sandbox]).ok();
+    ctrd.assert_no_leftovers(&member, vmm);
+    ctrd.assert_no_leftovers(&sandbox, vmm);
+    assert!(gone(shims[0]), "the pod's shim outlived its last container");
+}
+
+/// True if `pid` is gone or a zombie right now.
+fn gone_now(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
+}
+
 /// min / median / max of `samples` in milliseconds.
 fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -708,30 +973,50 @@ fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
     (samples[0], median, samples[n - 1])
 }
 
-/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim
-/// (namespace mode) and with containerd's runc shim, side by side. Run it with
-/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs per runtime.
+/// Benchmark, not a timed test: `ctr run --rm IMAGE ID /bin/true` with the kvmbox shim in
+/// namespace and vm mode and with containerd's runc shim, side by side. Run it with
+/// `make bench-containerd` (release build); `KVMBOX_BENCH_RUNS` sets the runs of the container
+/// runtimes, `KVMBOX_BENCH_VM_RUNS` those of vm mode (each boots a microVM; 0 skips it).
 #[test]
 #[ignore = "benchmark: make bench-containerd"]
 fn bench_ctr_run_true() {
-    let runs: usize = std::env::var("KVMBOX_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let ctrd = Containerd::start();
+    let env_runs = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let runs = env_runs("KVMBOX_BENCH_RUNS", 20);
+    let vm_runs = env_runs("KVMBOX_BENCH_VM_RUNS", 3);
+    let mut ctrd = Containerd::start();
+    ctrd.timeout = VM_CTR_TIMEOUT;
     let fifo = ctrd.dir.join("fifo");
     let fifo = fifo.to_str().unwrap();
-    let runtimes: [(&str, Vec<&str>); 2] = [
+    let runtimes: [(&str, Vec<&str>, usize); 3] = [
         (
             "kvmbox shim (namespace)",
             vec!["--runtime", RUNTIME, "--annotation", NAMESPACE_MODE],
+            runs,
         ),
-        ("runc shim", vec!["--runtime", "io.containerd.runc.v2"]),
+        (
+            "kvmbox shim (vm)",
+            vec!["--runtime", RUNTIME, "--annotation", VM_MODE],
+            vm_runs,
+        ),
+        (
+            "runc shim",
+            vec!["--runtime", "io.containerd.runc.v2"],
+            runs,
+        ),
     ];
     let mut rows = Vec::new();
-    for (name, flags) in &runtimes {
+    for (name, flags, n) in &runtimes {
+        if *n == 0 {
+            continue;
+        }
         let mut samples = Vec::new();
-        for i in 0..=runs {
+        // The first run warms caches (for vm mode: the agent initramfs).
+        for i in 0..=*n {
             let c = id("bench");
             let mut args = vec!["run", "--rm", "--fifo-dir", fifo];
             args.extend(flags);
@@ -739,20 +1024,21 @@ fn bench_ctr_run_true() {
             let started = Instant::now();
             ctrd.ctr(&args).ok();
             if i > 0 {
-                // The first run warms caches.
                 samples.push(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        rows.push((*name, summary(&mut samples)));
+        rows.push((*name, *n, summary(&mut samples)));
     }
-    println!("\n`ctr run --rm IMAGE ID /bin/true`, {runs} runs each (ms):");
-    println!("| runtime | min | median | max |\n|---|---|---|---|");
-    for (name, (min, median, max)) in &rows {
-        println!("| {name} | {min:.1} | {median:.1} | {max:.1} |");
+    println!("\n`ctr run --rm IMAGE ID /bin/true` (ms):");
+    println!("| runtime | runs | min | median | max |\n|---|---|---|---|---|");
+    for (name, n, (min, median, max)) in &rows {
+        println!("| {name} | {n} | {min:.1} | {median:.1} | {max:.1} |");
     }
-    println!(
-        "median ratio kvmbox/runc: {:.2}",
-        rows[0].1 .1 / rows[1].1 .1
-    );
-    println!("(kvmbox VM mode: not built yet)");
+    let median = |name: &str| rows.iter().find(|r| r.0 == name).map(|r| r.2 .1);
+    let runc = median("runc shim").expect("runc row");
+    for name in ["kvmbox shim (namespace)", "kvmbox shim (vm)"] {
+        if let Some(m) = median(name) {
+            println!("median ratio {name} / runc shim: {:.2}", m / runc);
+        }
+    }
 }

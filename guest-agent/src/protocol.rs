@@ -243,6 +243,16 @@ pub enum Request {
     },
     /// Kill every container and power the VM off.
     Shutdown,
+    /// Freeze every process of the container (cgroup v2 `cgroup.freeze` = 1).
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container (`cgroup.freeze` = 0).
+    Resume {
+        /// Container id.
+        id: String,
+    },
 }
 
 /// Cgroup v2 usage of one container.

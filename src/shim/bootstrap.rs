@@ -222,6 +222,22 @@ fn signal_listening() {
     }
 }
 
+/// SIGKILL the VMM of vm container `id` under `root` if it still runs (its shim is gone, so
+/// nobody relays or waits for it any more; a pod's VM goes with its dead shim).
+fn kill_orphaned_vmm(root: &Path, id: &str) {
+    let Ok(record) = crate::runtime::state::StateStore::new(root).read(id) else {
+        return;
+    };
+    if record.isolation != crate::runtime::Isolation::Vm
+        || !crate::runtime::process::is_same_live_process(record.pid, record.pid_start_time)
+    {
+        return;
+    }
+    if crate::runtime::lifecycle::send_signal(record.pid, libc::SIGKILL).is_ok() {
+        crate::runtime::process::wait_exited(record.pid, std::time::Duration::from_secs(2));
+    }
+}
+
 /// `delete`: containerd's cleanup after a shim is gone (or after Shutdown): remove the
 /// container (killing what is left of it), unmount its rootfs, print a DeleteResponse.
 fn delete(flags: &Flags) -> Result<()> {
@@ -237,11 +253,16 @@ fn delete(flags: &Flags) -> Result<()> {
         PathBuf::from(&flags.bundle)
     };
     remove_stale_socket(flags, &bundle);
-    let kvmbox = Kvmbox::locate(state_root(&flags.namespace))?;
+    // containerd gives this command only a few seconds (its shim cleanup timeout, 5 s by
+    // default) and SIGKILLs it then: the rootfs goes first, and a VM whose shim is dead is
+    // killed outright instead of being asked to power off.
+    unmount(&bundle.join("rootfs"));
+    let root = state_root(&flags.namespace);
+    kill_orphaned_vmm(&root, &flags.id);
+    let kvmbox = Kvmbox::locate(root)?;
     if let Err(e) = kvmbox.delete(&flags.id, true) {
         eprintln!("{RUNTIME_NAME}: {e}");
     }
-    unmount(&bundle.join("rootfs"));
     let response = DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,

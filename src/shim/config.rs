@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, ShimError};
+use crate::runtime::Isolation;
 
 /// OCI annotation choosing the isolation model of a container.
 pub const ISOLATION_ANNOTATION: &str = "io.kvmbox.isolation";
@@ -33,26 +34,23 @@ pub fn bundle_annotations(bundle: &Path) -> Result<HashMap<String, String>> {
         .unwrap_or_default())
 }
 
-/// Check that container `id` may run: `io.kvmbox.isolation` (else `$KVMBOX_ISOLATION`, else
-/// `vm`) must be `namespace`, the only model this shim runs so far.
-pub fn check_isolation(
+/// The isolation model of container `id`: the annotation `io.kvmbox.isolation`, else
+/// `$KVMBOX_ISOLATION` (`env`), else `vm`. Returns the model and where it came from.
+pub fn choose_isolation(
     id: &str,
     annotations: &HashMap<String, String>,
     env: Option<&str>,
-) -> Result<()> {
+) -> Result<(Isolation, String)> {
     let (value, source) = match annotations.get(ISOLATION_ANNOTATION) {
         Some(v) => (v.as_str(), format!("annotation {ISOLATION_ANNOTATION}")),
-        None => match env {
+        None => match env.filter(|v| !v.is_empty()) {
             Some(v) => (v, format!("${ISOLATION_ENV}")),
             None => ("vm", "the default".to_string()),
         },
     };
     match value {
-        "namespace" => Ok(()),
-        "vm" => Err(ShimError::Unimplemented(format!(
-            "container {id}: isolation vm ({source}) is not built yet in the kvmbox shim; \
-             set the annotation {ISOLATION_ANNOTATION}=namespace"
-        ))),
+        "namespace" => Ok((Isolation::Namespace, source)),
+        "vm" => Ok((Isolation::Vm, source)),
         other => Err(ShimError::InvalidArgument(format!(
             "container {id}: {source}: unknown isolation {other:?} (want vm or namespace)"
         ))),
@@ -89,27 +87,30 @@ mod tests {
 
     #[test]
     fn isolation_comes_from_annotation_then_env_then_vm() {
-        assert!(check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "namespace")]), None).is_ok());
-        assert!(check_isolation("c1", &ann(&[]), Some("namespace")).is_ok());
-        let err = check_isolation("c1", &ann(&[]), None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("isolation vm (the default) is not built yet"),
-            "{err}"
+        let pick = |a: &[(&str, &str)], env| choose_isolation("c1", &ann(a), env);
+        let (iso, src) = pick(&[(ISOLATION_ANNOTATION, "namespace")], Some("vm")).unwrap();
+        assert_eq!(
+            (iso, src.as_str()),
+            (Isolation::Namespace, "annotation io.kvmbox.isolation")
         );
-        let err = check_isolation(
-            "c1",
-            &ann(&[(ISOLATION_ANNOTATION, "vm")]),
-            Some("namespace"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("annotation io.kvmbox.isolation"), "{err}");
-        let err = check_isolation("c1", &ann(&[(ISOLATION_ANNOTATION, "kvm")]), None)
+        assert_eq!(
+            pick(&[], Some("namespace")).unwrap().0,
+            Isolation::Namespace
+        );
+        let (iso, src) = pick(&[], None).unwrap();
+        assert_eq!((iso, src.as_str()), (Isolation::Vm, "the default"));
+        assert_eq!(pick(&[], Some("")).unwrap().0, Isolation::Vm);
+        assert_eq!(
+            pick(&[(ISOLATION_ANNOTATION, "vm")], Some("namespace"))
+                .unwrap()
+                .0,
+            Isolation::Vm
+        );
+        let err = pick(&[(ISOLATION_ANNOTATION, "kvm")], None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown isolation \"kvm\""), "{err}");
+        assert!(err.contains("container c1"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
 
 use super::error::{Result, ShimError};
+use crate::runtime::Isolation;
 
 /// Environment variable naming the `kvmbox` binary explicitly.
 pub const KVMBOX_BINARY_ENV: &str = "KVMBOX_BINARY";
@@ -62,9 +63,11 @@ impl Kvmbox {
         &self.root
     }
 
-    /// `kvmbox create`: the container's init inherits `stdio` and waits for `start`.
+    /// `kvmbox --isolation <isolation> create`: the container's init inherits `stdio` (in vm
+    /// mode a forked stdio relay does, recorded in state.json) and waits for `start`.
     pub fn create(
         &self,
+        isolation: Isolation,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
@@ -77,7 +80,13 @@ impl Kvmbox {
             args.extend(["--console-socket".into(), socket.into()]);
         }
         args.push(id.into());
-        self.run_with_stdio(&format!("create {id}"), args, stdio)
+        let flag = match isolation {
+            Isolation::Vm => "vm",
+            Isolation::Namespace => "namespace",
+        };
+        let mut all: Vec<OsString> = vec!["--isolation".into(), flag.into()];
+        all.extend(args);
+        self.run_with_stdio(&format!("create {id}"), all, stdio)
     }
 
     /// `kvmbox exec --detach -p process.json`: the new process inherits `stdio`.
@@ -117,9 +126,9 @@ impl Kvmbox {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root")
-            .arg(&self.root)
-            .args(["--isolation", "namespace"]);
+        // `--isolation` matters only to create; the other commands follow the container's
+        // state.json.
+        cmd.arg("--root").arg(&self.root);
         cmd
     }
 

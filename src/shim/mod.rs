@@ -14,6 +14,7 @@ pub mod process;
 pub mod reaper;
 pub mod service;
 pub mod stdio;
+pub mod vm;
 
 pub use bootstrap::{main, RUNTIME_NAME};
 pub use error::{Result, ShimError};

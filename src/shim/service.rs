@@ -20,12 +20,13 @@ use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 
 use super::cgroups;
-use super::config::{bundle_annotations, check_isolation, ISOLATION_ENV};
+use super::config::{bundle_annotations, choose_isolation, ISOLATION_ENV};
 use super::error::{Result, ShimError};
 use super::events::EventSender;
 use super::kvmbox_cli::Kvmbox;
 use super::process::{timestamp, Process};
 use super::stdio::{ProcessIo, StdioPaths};
+use super::vm;
 use crate::runtime::console::ConsoleListener;
 use crate::runtime::{Isolation, Runtime, RuntimeError};
 
@@ -39,6 +40,8 @@ const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 /// One container served by this shim.
 struct Container {
     bundle: PathBuf,
+    /// Namespace (host processes) or vm (processes in the guest, reached through the agent).
+    isolation: Isolation,
     /// Whether the shim mounted `<bundle>/rootfs` (and so unmounts it).
     rootfs_mounted: bool,
     init: Arc<Process>,
@@ -49,12 +52,16 @@ struct Container {
 struct Exec {
     process: Arc<Process>,
     spec: Vec<u8>,
+    /// In vm mode, the process as the agent knows it (once started).
+    guest: Option<guest_agent::protocol::ProcessRef>,
 }
 
 /// Which process owns a pid, and exits reaped before their pid was known.
 #[derive(Default)]
 struct PidTable {
     owners: HashMap<i32, Arc<Process>>,
+    /// Stdio relay processes of vm containers: dropping the sender says the relay exited.
+    relays: HashMap<i32, std::sync::mpsc::Sender<()>>,
     unclaimed: HashMap<i32, (i32, Instant)>,
 }
 
@@ -107,6 +114,10 @@ impl KvmboxTask {
 impl Inner {
     fn on_exit(&self, pid: i32, code: i32) {
         let mut table = self.pids.lock().unwrap();
+        if table.relays.remove(&pid).is_some() {
+            containerd_shim::debug!("stdio relay {pid} exited with {code}");
+            return;
+        }
         if let Some(process) = table.owners.remove(&pid) {
             drop(table);
             containerd_shim::debug!("{} exited with {code}", process.event_id());
@@ -142,6 +153,16 @@ impl Inner {
         } else {
             table.owners.insert(pid, Arc::clone(process));
         }
+    }
+
+    /// A receiver that disconnects once the relay process `pid` (our child) has exited.
+    fn watch_relay(&self, pid: i32) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut table = self.pids.lock().unwrap();
+        if table.unclaimed.remove(&pid).is_none() {
+            table.relays.insert(pid, tx);
+        }
+        rx
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>> {
@@ -182,11 +203,12 @@ impl Inner {
         }
         let bundle = PathBuf::from(&req.bundle);
         let annotations = bundle_annotations(&bundle)?;
-        check_isolation(
+        let (isolation, source) = choose_isolation(
             id,
             &annotations,
             std::env::var(ISOLATION_ENV).ok().as_deref(),
         )?;
+        containerd_shim::info!("container {id}: isolation {isolation:?} ({source})");
         let rootfs = bundle.join("rootfs");
         for m in &req.rootfs {
             std::fs::create_dir_all(&rootfs)
@@ -209,7 +231,7 @@ impl Inner {
             terminal: req.terminal,
         };
         let init = Arc::new(Process::new(id, "", stdio.clone()));
-        let pid = match self.spawn_init(id, &bundle, &init) {
+        let pid = match self.spawn_init(isolation, id, &bundle, &init) {
             Ok(pid) => pid,
             Err(e) => {
                 if rootfs_mounted {
@@ -220,6 +242,7 @@ impl Inner {
         };
         let container = Arc::new(Container {
             bundle: bundle.clone(),
+            isolation,
             rootfs_mounted,
             init: Arc::clone(&init),
             execs: Mutex::default(),
@@ -228,7 +251,21 @@ impl Inner {
             .lock()
             .unwrap()
             .insert(id.to_string(), container);
-        self.register(&init, pid);
+        match isolation {
+            Isolation::Namespace => self.register(&init, pid),
+            // The pid is the VMM's: the init's exit comes from the agent.
+            Isolation::Vm => {
+                init.lock().pid = pid;
+                if let Err(e) = self.watch_vm_init(id, &init) {
+                    let _ = self.kvmbox.delete(id, true);
+                    self.containers.lock().unwrap().remove(id);
+                    if rootfs_mounted {
+                        unmount(&rootfs);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         self.events.send(TaskCreate {
             container_id: id.to_string(),
             bundle: req.bundle.clone(),
@@ -248,8 +285,34 @@ impl Inner {
         Ok(pid as u32)
     }
 
-    /// `kvmbox create` with the init's stdio; returns the init pid.
-    fn spawn_init(&self, id: &str, bundle: &Path, init: &Process) -> Result<i32> {
+    /// Wait for the exit of a vm container's init (agent WaitProcess, then its stdio relay's
+    /// exit so that all output is out) on a thread of its own.
+    fn watch_vm_init(&self, id: &str, init: &Arc<Process>) -> Result<()> {
+        let record = self.runtime.store().read(id)?;
+        let target = crate::runtime::vm::lifecycle::target_of(&record)?;
+        let relay_pid = record.vm.as_ref().map_or(0, |v| v.relay_pid);
+        let relay = (relay_pid > 0).then(|| self.watch_relay(relay_pid));
+        let process = crate::runtime::vm::lifecycle::init_ref(id);
+        vm::spawn_waiter(
+            Arc::clone(init),
+            self.events.clone(),
+            vm::Waiter {
+                target,
+                process,
+                client: None,
+                relay,
+            },
+        )
+    }
+
+    /// `kvmbox create` with the init's stdio; returns the init pid (the VMM's in vm mode).
+    fn spawn_init(
+        &self,
+        isolation: Isolation,
+        id: &str,
+        bundle: &Path,
+        init: &Process,
+    ) -> Result<i32> {
         let (mut io, child_stdio) = ProcessIo::open(&init.stdio)?;
         let console = if init.stdio.terminal {
             Some(ConsoleListener::bind_private()?)
@@ -258,6 +321,7 @@ impl Inner {
         };
         let pid_file = bundle.join("init.pid");
         self.kvmbox.create(
+            isolation,
             id,
             bundle,
             &pid_file,
@@ -301,12 +365,69 @@ impl Inner {
                 .get(exec_id)
                 .map(|e| e.spec.clone())
                 .unwrap_or_default();
-            let pid = self.spawn_exec(id, &c.bundle, &process, &spec)?;
-            self.register(&process, pid);
+            match c.isolation {
+                Isolation::Namespace => {
+                    let pid = self.spawn_exec(id, &c.bundle, &process, &spec)?;
+                    self.register(&process, pid);
+                }
+                Isolation::Vm => {
+                    let guest = self.spawn_exec_vm(id, &process, &spec)?;
+                    if let Some(e) = c.execs.lock().unwrap().get_mut(exec_id) {
+                        e.guest = Some(guest);
+                    }
+                }
+            }
         }
         process.set_started(&self.events);
         let pid = process.lock().pid;
         Ok(pid as u32)
+    }
+
+    /// Start an exec'd process in the container's microVM from the shim itself (no fork: the
+    /// shim relays its streams on threads and waits through the agent); returns the process
+    /// as the agent knows it. Its pid is the guest pid.
+    fn spawn_exec_vm(
+        &self,
+        id: &str,
+        process: &Arc<Process>,
+        spec: &[u8],
+    ) -> Result<guest_agent::protocol::ProcessRef> {
+        let record = self.runtime.store().read(id)?;
+        let oci: oci_spec::runtime::Process = serde_json::from_slice(spec).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "exec {} in container {id}: process spec: {e}",
+                process.exec_id
+            ))
+        })?;
+        let execed = crate::runtime::vm::lifecycle::exec(&record, &oci, None, false)?;
+        let streams = execed
+            .streams
+            .unwrap_or_else(crate::runtime::vm::stdio::ProcessStreams::none);
+        let io = ProcessIo::open_guest(streams, &process.stdio, &execed.target, &execed.process);
+        let io = match io {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = vm::signal(&execed.target, &execed.process, libc::SIGKILL, false);
+                return Err(e);
+            }
+        };
+        {
+            let mut s = process.lock();
+            s.io = io;
+            s.pid = execed.guest_pid;
+        }
+        let guest = execed.process.clone();
+        vm::spawn_waiter(
+            Arc::clone(process),
+            self.events.clone(),
+            vm::Waiter {
+                target: execed.target,
+                process: execed.process,
+                client: Some(execed.client),
+                relay: None,
+            },
+        )?;
+        Ok(guest)
     }
 
     /// `kvmbox exec --detach` with the process's stdio; returns its pid.
@@ -401,7 +522,7 @@ impl Inner {
     }
 
     fn kill(&self, req: &KillRequest) -> Result<()> {
-        let (_, process) = self.process(&req.id, &req.exec_id)?;
+        let (c, process) = self.process(&req.id, &req.exec_id)?;
         let signal = req.signal as i32;
         if req.exec_id.is_empty() {
             return match self.runtime.kill(&req.id, signal, req.all) {
@@ -420,6 +541,24 @@ impl Inner {
                 "exec {} in container {}: process already finished",
                 req.exec_id, req.id
             )));
+        }
+        if c.isolation == Isolation::Vm {
+            drop(s);
+            let guest = c
+                .execs
+                .lock()
+                .unwrap()
+                .get(&req.exec_id)
+                .and_then(|e| e.guest.clone())
+                .ok_or_else(|| {
+                    ShimError::NotFound(format!(
+                        "exec {} in container {}: not started",
+                        req.exec_id, req.id
+                    ))
+                })?;
+            let record = self.runtime.store().read(&req.id)?;
+            let target = crate::runtime::vm::lifecycle::target_of(&record)?;
+            return vm::signal(&target, &guest, signal, req.all);
         }
         crate::runtime::lifecycle::send_signal(s.pid, signal)
             .map_err(|e| ShimError::FailedPrecondition(format!("kill exec {}: {e}", req.exec_id)))
@@ -456,6 +595,7 @@ impl Inner {
             Exec {
                 process: Arc::new(Process::new(&req.id, &req.exec_id, stdio)),
                 spec,
+                guest: None,
             },
         );
         self.events.send(TaskExecAdded {
@@ -509,10 +649,14 @@ impl Inner {
 
     fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
         let pid = self.running_init_pid(id)?;
-        let cgroup_path = self.runtime.state(id)?.record.cgroup_path;
-        let pids = self.runtime.ps(id)?;
-        cgroups::set_frozen(pid, &cgroup_path, &pids, paused)?;
         let c = self.container(id)?;
+        if c.isolation == Isolation::Vm {
+            vm::set_paused(&self.vm_target(id)?, id, paused)?;
+        } else {
+            let cgroup_path = self.runtime.state(id)?.record.cgroup_path;
+            let pids = self.runtime.ps(id)?;
+            cgroups::set_frozen(pid, &cgroup_path, &pids, paused)?;
+        }
         let mut s = c.init.lock();
         if s.exit.is_none() {
             s.status = if paused {
@@ -534,6 +678,42 @@ impl Inner {
             });
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// The agent of vm container `id`.
+    fn vm_target(&self, id: &str) -> Result<crate::runtime::vm::AgentTarget> {
+        let record = self.runtime.store().read(id)?;
+        Ok(crate::runtime::vm::lifecycle::target_of(&record)?)
+    }
+
+    /// containerd's metrics of container `id` (cgroup v1/v2 on the host, v2 in the guest).
+    fn stats(
+        &self,
+        id: &str,
+    ) -> Result<containerd_shim::protos::protobuf::well_known_types::any::Any> {
+        let pid = self.running_init_pid(id)?;
+        if self.container(id)?.isolation == Isolation::Vm {
+            return vm::stats(&self.vm_target(id)?, id);
+        }
+        cgroups::stats(pid)
+    }
+
+    /// Update: the host cgroup in namespace mode; not yet in vm mode.
+    fn update(&self, req: &UpdateTaskRequest) -> Result<()> {
+        let pid = self.running_init_pid(&req.id)?;
+        if self.container(&req.id)?.isolation == Isolation::Vm {
+            return Err(ShimError::Unimplemented(format!(
+                "update {}: changing resources of a running vm container is not supported yet \
+                 (set them in the spec at create)",
+                req.id
+            )));
+        }
+        let resources = req.resources.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("update {}: no resources", req.id))
+        })?;
+        cgroups::update(pid, resources)
     }
 }
 
@@ -668,16 +848,7 @@ impl Task for KvmboxTask {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        reply(
-            "update",
-            self.inner.running_init_pid(&req.id).and_then(|pid| {
-                let resources = req.resources.as_ref().ok_or_else(|| {
-                    ShimError::InvalidArgument(format!("update {}: no resources", req.id))
-                })?;
-                cgroups::update(pid, resources)
-            }),
-        )
-        .map(|()| Empty::new())
+        reply("update", self.inner.update(&req)).map(|()| Empty::new())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
@@ -693,13 +864,10 @@ impl Task for KvmboxTask {
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         reply(
             "stats",
-            self.inner
-                .running_init_pid(&req.id)
-                .and_then(cgroups::stats)
-                .map(|stats| StatsResponse {
-                    stats: Some(stats).into(),
-                    ..Default::default()
-                }),
+            self.inner.stats(&req.id).map(|stats| StatsResponse {
+                stats: Some(stats).into(),
+                ..Default::default()
+            }),
         )
     }
 

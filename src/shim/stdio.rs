@@ -17,7 +17,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use guest_agent::protocol::{ProcessRef, Request};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use std::os::unix::net::UnixStream;
+
+use crate::runtime::vm::stdio::ProcessStreams;
+use crate::runtime::vm::{AgentClient, AgentTarget};
 
 use super::error::{Result, ShimError};
 use super::kvmbox_cli::ChildStdio;
@@ -47,8 +52,11 @@ pub struct ProcessIo {
     console: Option<File>,
     /// Read ends of the output FIFOs, held so that writes never fail for lack of a reader.
     keep_open: Vec<File>,
-    /// Disconnects once a terminal's output has been copied out (the pty reached EOF).
+    /// Disconnects once a terminal's output (or a guest process's output) has been copied
+    /// out.
     output_done: Option<mpsc::Receiver<()>>,
+    /// A guest process's TTY: resized through the agent (vm exec).
+    guest_tty: Option<(AgentTarget, ProcessRef)>,
 }
 
 impl ProcessIo {
@@ -71,6 +79,61 @@ impl ProcessIo {
             child.stdin = Some(reader);
         }
         Ok((io, child))
+    }
+
+    /// Relay the streams of a process running in a microVM (vm exec) to and from its FIFOs,
+    /// from threads of the shim: output streams into the stdout/stderr FIFOs (their end is
+    /// what [`ProcessIo::take_output_waiter`] waits for), the stdin FIFO into the stdin or TTY
+    /// stream (closing it is stdin EOF in the guest).
+    pub fn open_guest(
+        streams: ProcessStreams,
+        paths: &StdioPaths,
+        target: &AgentTarget,
+        process: &ProcessRef,
+    ) -> Result<ProcessIo> {
+        let mut io = ProcessIo::default();
+        let (done, waiter) = mpsc::channel::<()>();
+        let clone = |s: &UnixStream| {
+            s.try_clone()
+                .map_err(|e| ShimError::io("dup guest stream for", &paths.stdout, e))
+        };
+        let (input, outputs) = match streams.tty {
+            Some(tty) => {
+                io.guest_tty = Some((target.clone(), process.clone()));
+                (Some(clone(&tty)?), vec![(tty, paths.stdout.as_str())])
+            }
+            None => {
+                let outputs = [
+                    (streams.stdout, paths.stdout.as_str()),
+                    (streams.stderr, paths.stderr.as_str()),
+                ]
+                .into_iter()
+                .filter_map(|(s, p)| Some((s?, p)))
+                .collect();
+                (streams.stdin, outputs)
+            }
+        };
+        for (stream, path) in outputs {
+            let sink: Box<dyn Write + Send> = match io.open_output(path)? {
+                Some(file) => Box::new(file),
+                // Nobody wants it: drain it so the guest process never blocks on it.
+                None => Box::new(std::io::sink()),
+            };
+            let done = done.clone();
+            thread::spawn(move || {
+                let (mut stream, mut sink) = (stream, sink);
+                let _ = std::io::copy(&mut stream, &mut sink);
+                drop(done);
+            });
+        }
+        drop(done);
+        io.output_done = Some(waiter);
+        if let (Some(input), false) = (input, paths.stdin.is_empty()) {
+            *io.stdin.lock().unwrap() = Some(File::from(OwnedFd::from(input)));
+            copy_stdin(paths.stdin.clone(), Arc::clone(&io.stdin));
+        }
+        // Without a stdin FIFO the stream is dropped here: EOF in the guest.
+        Ok(io)
     }
 
     /// Connect a terminal process's pty master to its FIFOs.
@@ -113,6 +176,16 @@ impl ProcessIo {
 
     /// Set the terminal size of a terminal process.
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        if let Some((target, process)) = &self.guest_tty {
+            let request = Request::ResizeTty {
+                process: process.clone(),
+                rows: height.min(u16::MAX as u32) as u16,
+                cols: width.min(u16::MAX as u32) as u16,
+            };
+            return AgentClient::connect(target)
+                .and_then(|mut c| c.request_ok(&request))
+                .map_err(|e| ShimError::FailedPrecondition(format!("resize: {e}")));
+        }
         let Some(console) = &self.console else {
             return Err(ShimError::FailedPrecondition(
                 "the process has no terminal".into(),

@@ -72,6 +72,7 @@ impl Server {
                     .map_err(|e| format!("processes of container {id}: {e}"))
             }),
             Request::DeleteContainer { id, force } => self.delete(&id, force),
+            req @ (Request::Pause { .. } | Request::Resume { .. }) => self.freeze(&req),
             Request::Shutdown => {
                 self.shutdown_all();
                 self.stop = Some(if self.cfg.pid1 {
@@ -108,7 +109,7 @@ impl Server {
         Ok(None)
     }
 
-    fn container(&self, id: &str) -> Result<&Container, String> {
+    pub(super) fn container(&self, id: &str) -> Result<&Container, String> {
         self.containers
             .get(id)
             .ok_or_else(|| format!("container {id} does not exist"))

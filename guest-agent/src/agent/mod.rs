@@ -28,6 +28,7 @@
 mod containers;
 mod error;
 mod frames;
+mod freeze;
 mod guest_env;
 mod handlers;
 mod listen;

@@ -369,6 +369,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::ListProcesses { .. } => "ListProcesses",
         Request::DeleteContainer { .. } => "DeleteContainer",
         Request::Shutdown => "Shutdown",
+        Request::Pause { .. } => "Pause",
+        Request::Resume { .. } => "Resume",
     }
 }
 
