@@ -102,5 +102,5 @@ bench-namespace: build
 	$(RELEASE) --isolation namespace bench --runs $(BENCH_RUNS) --output target/bench
 
 ## bench-containerd: `ctr run --rm ... /bin/true` with the kvmbox shim vs the runc shim (needs containerd)
-bench-containerd:
+bench-containerd: agent
 	$(CARGO) test --release --test containerd_e2e -- --ignored --nocapture bench_ctr_run_true
