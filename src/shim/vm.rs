@@ -190,6 +190,7 @@ mod tests {
             cpu_system_usec: 10,
             pids_current: 3,
             pids_limit: None,
+            agent_rss_kib: Some(2048),
         };
         let m = metrics(&stats);
         assert_eq!((m.memory.usage, m.memory.usage_limit), (4096, 16 << 20));
