@@ -7,12 +7,12 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
-use common::{cap_mask, listed_ids, parse_cap_lines, testing_kvmbox, Bundle, Harness};
+use common::{
+    cap_mask, listed_ids, parse_cap_lines, read_pty, receive_fd, testing_kvmbox, Bundle, Harness,
+};
 use serde_json::{json, Value};
 
 /// `create` + `start` a container running `args`; returns its id.
@@ -516,56 +516,6 @@ fn failing_create_runtime_hook_fails_create_and_leaves_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Console socket
 
-/// Accept one connection on `listener` and receive the fd it sends with SCM_RIGHTS.
-fn receive_fd(listener: &UnixListener) -> OwnedFd {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let (conn, _) = listener.accept().expect("accept console socket connection");
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .expect("recvmsg on console socket");
-    for cmsg in msg.cmsgs().expect("control messages") {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            let fd = *fds.first().expect("one fd");
-            // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
-            return unsafe { OwnedFd::from_raw_fd(fd) };
-        }
-    }
-    panic!("no SCM_RIGHTS fd received on the console socket");
-}
-
-/// Read the pty master until the slave side closes (EIO), `want` appears, or 10 s pass.
-fn read_pty(master: OwnedFd, want: &[&str]) -> String {
-    let mut file = fs::File::from(master);
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(&file),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0);
-        if ready == 0 {
-            if want.iter().all(|w| text.contains(w)) {
-                break;
-            }
-            continue;
-        }
-        let mut buf = [0u8; 1024];
-        match file.read(&mut buf) {
-            Ok(0) | Err(_) => break, // EIO once the container's side is closed
-            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
-    text
-}
-
 #[test]
 fn console_socket_receives_the_pty_master() {
     let h = Harness::new();
@@ -589,7 +539,11 @@ fn console_socket_receives_the_pty_master() {
     .ok();
     let master = receiver.join().expect("console socket thread");
     h.run(&["start", &id]).ok();
-    let text = read_pty(master, &["hello-from-tty"]);
+    let text = read_pty(
+        &mut fs::File::from(master),
+        &["hello-from-tty"],
+        Duration::from_secs(10),
+    );
     assert!(text.contains("/dev/pts/"), "tty output: {text:?}");
     assert!(text.contains("hello-from-tty"), "tty output: {text:?}");
     h.wait_status(&id, "stopped");

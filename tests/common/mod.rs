@@ -538,3 +538,51 @@ pub fn listed_ids(list_json: &str) -> BTreeSet<String> {
         })
         .unwrap_or_default()
 }
+
+/// Accept one connection on `listener` and receive the fd it sends with SCM_RIGHTS (what a
+/// `--console-socket` user such as containerd does).
+pub fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().expect("accept console socket connection");
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg on console socket");
+    for cmsg in msg.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let fd = *fds.first().expect("one fd");
+            // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        }
+    }
+    panic!("no SCM_RIGHTS fd received on the console socket");
+}
+
+/// Read a pty master until every `want` appeared, the other side closed (EIO) or `limit`
+/// passed.
+pub fn read_pty(file: &mut fs::File, want: &[&str], limit: Duration) -> String {
+    let mut text = String::new();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !want.iter().all(|w| text.contains(w)) {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&*file),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the other side is closed
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    text
+}
