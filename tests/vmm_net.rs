@@ -1,6 +1,6 @@
 //! One real boot with virtio-net on a tap: the test creates the tap (`ip tuntap add`, root
 //! needed) with a host address, the busybox init configures eth0 and talks TCP to the host
-//! both ways — a request line and a 256 KiB answer from the host, then 256 KiB from the guest —
+//! both ways — a request line and a 64 KiB answer from the host, then 64 KiB from the guest —
 //! and the tap is deleted afterwards, also when the test fails.
 
 mod vm_common;
@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const GUEST_MAC: &str = "02:6b:76:00:00:2a";
-const BULK: usize = 256 * 1024;
+const BULK: usize = 64 * 1024;
 
 /// The host's answer to the guest's request line: a line, then a pattern.
 fn host_reply() -> Vec<u8> {
@@ -98,7 +98,7 @@ fn guest_talks_tcp_with_the_host_over_a_tap() {
     let initrd = dir.path().join("initramfs.cpio");
     let fs = vm_common::busybox_initramfs(&init_script(&host_ip, &guest_ip));
     std::fs::write(&initrd, fs.to_bytes()).unwrap();
-    let timeout = vm_common::boot_timeout(180);
+    let timeout = vm_common::boot_timeout(300);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvmbox"));
     cmd.args(["vm", "boot", "--kernel"])
         .arg(&kernel)
@@ -129,7 +129,10 @@ fn guest_talks_tcp_with_the_host_over_a_tap() {
         }
     }
     // Guest → host line, host → guest answer (checked in the guest by md5).
-    assert_eq!(got.get(&7001).map(|v| &v[..]), Some(&b"ping-from-guest\n"[..]));
+    assert_eq!(
+        got.get(&7001).map(|v| &v[..]),
+        Some(&b"ping-from-guest\n"[..])
+    );
     assert!(out.contains("REPLY-FIRST pong-from-host"), "reply line");
     let md5_line = out.lines().find(|l| l.starts_with("REPLY-MD5 ")).unwrap();
     let want = md5_hex(&host_reply(), dir.path());
@@ -153,7 +156,14 @@ fn bad_net_options_are_one_clear_error_and_create_nothing() {
         ("tap0", "unexpected"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
-            .args(["vm", "boot", "--kernel", "/nonexistent/vmlinux", "--net", spec])
+            .args([
+                "vm",
+                "boot",
+                "--kernel",
+                "/nonexistent/vmlinux",
+                "--net",
+                spec,
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();

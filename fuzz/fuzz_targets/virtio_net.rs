@@ -37,7 +37,8 @@ fuzz_target!(|input: &[u8]| {
     let mut frames = Vec::new();
     for _ in 0..(order & 3) + 1 {
         let len_bytes = take(&mut data, 2);
-        let len = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]])) % (MAX_FRAME_LEN + 8);
+        let len =
+            usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]])) % (MAX_FRAME_LEN + 8);
         let content = take(&mut data, len.min(64));
         let mut f = content.clone();
         f.resize(len, 0xab);
@@ -91,7 +92,10 @@ fuzz_target!(|input: &[u8]| {
     let mut buf = vec![0u8; MAX_FRAME_LEN + 64];
     let mut written = 0u64;
     while let Ok(n) = nix::unistd::read(&host, &mut buf) {
-        assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&n), "frame of {n} bytes");
+        assert!(
+            (MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&n),
+            "frame of {n} bytes"
+        );
         written += 1;
     }
     let stats = dev.stats();

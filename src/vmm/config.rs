@@ -218,9 +218,11 @@ impl NetConfig {
                 Some(("mac", m)) if mac.is_none() => {
                     mac = Some(parse_mac(m).map_err(|e| format!("--net {spec}: {e}"))?)
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "--net {spec}: unexpected {part:?} (expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX])"
-                )),
+                ))
+                }
             }
         }
         let Some(tap) = tap else {

@@ -16,10 +16,7 @@ pub const BUFFERS: u64 = 0x4000;
 
 /// A fresh guest memory.
 pub fn memory() -> GuestMemoryMmap {
-    let ranges: Vec<_> = REGIONS
-        .iter()
-        .map(|&(a, l)| (GuestAddress(a), l))
-        .collect();
+    let ranges: Vec<_> = REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap()
 }
 
@@ -37,8 +34,11 @@ pub fn load_queue(mem: &GuestMemoryMmap, q: usize, data: &mut &[u8]) {
     let base = q as u64 * QUEUE_STRIDE;
     mem.write_slice(&take(data, 16 * QSIZE as usize), GuestAddress(base))
         .unwrap();
-    mem.write_slice(&take(data, 4 + 2 * QSIZE as usize), GuestAddress(base + 0x400))
-        .unwrap();
+    mem.write_slice(
+        &take(data, 4 + 2 * QSIZE as usize),
+        GuestAddress(base + 0x400),
+    )
+    .unwrap();
 }
 
 /// Copy what is left of the input to [`BUFFERS`].
