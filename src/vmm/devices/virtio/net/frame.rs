@@ -181,7 +181,7 @@ mod tests {
             buf(0x3000, 100, true),
         ];
         assert_eq!(scatter_rx(&mem, &bufs, &frame).unwrap(), 42);
-        let mut got = vec![0u8; 42];
+        let mut got = [0u8; 42];
         mem.read_slice(&mut got[..5], GuestAddress(0x1000)).unwrap();
         mem.read_slice(&mut got[5..25], GuestAddress(0x2000))
             .unwrap();
