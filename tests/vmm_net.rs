@@ -46,11 +46,11 @@ fn init_script(host_ip: &str, guest_ip: &str) -> String {
          $bb ip addr add {guest_ip}/24 dev eth0\n\
          $bb ip link set eth0 up\n\
          echo T-UP $($bb cut -d' ' -f1 /proc/uptime)\n\
-         echo ping-from-guest | $bb nc -w 60 {host_ip} 7001 > /reply\n\
+         echo ping-from-guest | $bb nc -w 300 {host_ip} 7001 > /reply\n\
          read first < /reply; echo REPLY-FIRST $first\n\
          echo -n 'REPLY-MD5 '; $bb md5sum /reply\n\
          echo T-REPLY $($bb cut -d' ' -f1 /proc/uptime)\n\
-         $bb head -c {BULK} /bin/busybox | $bb nc -w 60 {host_ip} 7002 && echo BULK-SENT\n\
+         $bb head -c {BULK} /bin/busybox | $bb nc -w 300 {host_ip} 7002 && echo BULK-SENT\n\
          echo T-BULK $($bb cut -d' ' -f1 /proc/uptime)\n\
          echo NET-DONE\n\
          $bb poweroff -f\n"
