@@ -375,4 +375,12 @@ pub struct VmBootArgs {
     /// it with `mount -t virtiofs TAG DIR`.
     #[arg(long = "share", value_name = "TAG=PATH[,ro]")]
     pub shares: Vec<String>,
+    /// A virtio-net device on a tap interface, `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]` (repeatable;
+    /// the tap is created for the VM's lifetime if it does not exist).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// A virtio-vsock device, `CID,PATH`: host programs connect to the Unix socket PATH and
+    /// write `CONNECT <port>`; guest connections to host port P go to `PATH_P`.
+    #[arg(long = "vsock", value_name = "CID,PATH")]
+    pub vsock: Option<String>,
 }

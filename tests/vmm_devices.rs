@@ -1,5 +1,5 @@
 //! One real boot with kvmbox's virtio devices: virtio-blk on a host file with a known pattern,
-//! virtio-rng and the virtio console. The busybox init lists /sys/bus/virtio/devices, reads
+//! virtio-rng, the virtio console and (as root) virtio-net on a tap the VMM creates. The busybox init lists /sys/bus/virtio/devices, reads
 //! /dev/vda, writes to it, reads /dev/hwrng, writes to /dev/hvc0 and powers off; the host then
 //! checks the printed results and the image file.
 
@@ -81,18 +81,35 @@ fn guest_uses_virtio_blk_rng_and_console() {
         .arg(&initrd)
         .arg("--disk")
         .arg(&disk);
+    // virtio-net needs a tap: as root the VMM creates one that disappears with it.
+    // SAFETY: geteuid has no preconditions.
+    let with_net = unsafe { libc::geteuid() } == 0;
+    let tap = format!("kvmbd{}", std::process::id());
+    if with_net {
+        cmd.arg("--net").arg(format!("tap={tap}"));
+    } else {
+        eprintln!("not root: no virtio-net device in this boot");
+    }
     let vm_common::BootRun { status, out, .. } =
         vm_common::run_boot(&mut cmd, &stdout_path, timeout);
     let status = status.unwrap_or_else(|| panic!("VM did not power off within {timeout:?}"));
     assert_eq!(status.code(), Some(0), "kvmbox failed");
     assert!(out.contains("DEVICES-DONE"), "init did not finish");
 
-    // Every device is on the virtio bus: block (2), console (3), rng (4).
+    // Every device is on the virtio bus: net (1), block (2), console (3), rng (4).
     let ids = out
         .lines()
         .find_map(|l| l.strip_prefix("VIRTIO-IDS "))
         .expect("no VIRTIO-IDS line");
-    for id in ["0x0002", "0x0003", "0x0004"] {
+    let mut want = vec!["0x0002", "0x0003", "0x0004"];
+    if with_net {
+        want.push("0x0001");
+        assert!(
+            !vm_common::interface_exists(&tap),
+            "the VMM's tap outlived it"
+        );
+    }
+    for id in want {
         assert!(ids.contains(id), "device {id} missing from {ids:?}");
     }
     // The guest read the host's pattern.

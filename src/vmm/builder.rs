@@ -22,6 +22,7 @@ use super::devices::virtio::block::Block;
 use super::devices::virtio::console::Console;
 use super::devices::virtio::fs::Fs;
 use super::devices::virtio::mmio::{regs, MmioTransport};
+use super::devices::virtio::net::Net;
 use super::devices::virtio::rng::Rng;
 use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
@@ -253,7 +254,7 @@ impl VmBuilder {
 }
 
 /// The virtio devices `cfg` asks for, in slot order: disks (vda, vdb, ...), rng, console,
-/// shared directories.
+/// shared directories, network interfaces.
 fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
@@ -290,6 +291,10 @@ fn config_virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>> {
         let fs = Fs::with_cache(&share.tag, &share.path, share.read_only, share.cache)
             .map_err(|e| dev_err("virtio-fs", e))?;
         devices.push(Box::new(fs));
+    }
+    for net in &cfg.net {
+        let dev = Net::open_tap(&net.tap, net.guest_mac()).map_err(|e| dev_err("virtio-net", e))?;
+        devices.push(Box::new(dev));
     }
     Ok(devices)
 }

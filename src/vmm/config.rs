@@ -99,6 +99,29 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+impl VsockConfig {
+    /// Parse the command-line form `CID,PATH`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let Some((cid, path)) = spec.split_once(',') else {
+            return Err(format!("--vsock {spec}: expected CID,PATH"));
+        };
+        let guest_cid: u64 = cid
+            .trim()
+            .parse()
+            .map_err(|_| format!("--vsock {spec}: the cid {cid:?} is not a number"))?;
+        if !(3..=u64::from(u32::MAX - 1)).contains(&guest_cid) {
+            return Err(format!("--vsock {spec}: the cid must be in 3..=4294967294"));
+        }
+        if path.is_empty() {
+            return Err(format!("--vsock {spec}: empty socket path"));
+        }
+        Ok(VsockConfig {
+            guest_cid,
+            uds_path: PathBuf::from(path),
+        })
+    }
+}
+
 /// One virtio-blk disk backed by a raw image file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +222,85 @@ impl FsConfig {
     }
 }
 
+/// A virtio-net device on a host tap interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap interface (attached if it exists, else created for the VM's lifetime).
+    pub tap: String,
+    /// The guest's MAC address; `None`: derived from the tap name ([`NetConfig::guest_mac`]).
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetConfig {
+    /// Parse the command-line form `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) if tap.is_none() => tap = Some(name.to_string()),
+                Some(("mac", m)) if mac.is_none() => {
+                    mac = Some(parse_mac(m).map_err(|e| format!("--net {spec}: {e}"))?)
+                }
+                _ => {
+                    return Err(format!(
+                    "--net {spec}: unexpected {part:?} (expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX])"
+                ))
+                }
+            }
+        }
+        let Some(tap) = tap else {
+            return Err(format!("--net {spec}: missing tap=NAME"));
+        };
+        crate::vmm::devices::virtio::net::tap::validate_name(&tap)
+            .map_err(|e| format!("--net {spec}: {e}"))?;
+        Ok(NetConfig { tap, mac })
+    }
+
+    /// The MAC the guest sees: the configured one, else a locally administered unicast
+    /// address derived from the tap name (stable across boots): `02:6b:76:xx:xx:xx`.
+    pub fn guest_mac(&self) -> [u8; 6] {
+        if let Some(mac) = self.mac {
+            return mac;
+        }
+        // FNV-1a of the name.
+        let h = self.tap.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        let [a, b, c, _] = h.to_be_bytes();
+        [0x02, 0x6b, 0x76, a, b, c]
+    }
+}
+
+/// Parse `XX:XX:XX:XX:XX:XX` (hex); multicast addresses are refused (a NIC needs a unicast one).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!(
+            "bad MAC address {s:?} (expected XX:XX:XX:XX:XX:XX)"
+        ));
+    }
+    for (byte, part) in mac.iter_mut().zip(&parts) {
+        if part.len() != 2 {
+            return Err(format!(
+                "bad MAC address {s:?} (expected XX:XX:XX:XX:XX:XX)"
+            ));
+        }
+        *byte = u8::from_str_radix(part, 16)
+            .map_err(|_| format!("bad MAC address {s:?} (expected XX:XX:XX:XX:XX:XX)"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("MAC address {s} is a multicast address"));
+    }
+    if mac == [0; 6] {
+        return Err("MAC address 00:00:00:00:00:00 is not usable".to_string());
+    }
+    Ok(mac)
+}
+
 /// The virtio console (the guest's hvc0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +349,9 @@ pub struct VmConfig {
     /// Host directories shared over virtio-fs, one device each.
     #[serde(default)]
     pub shared_dirs: Vec<FsConfig>,
+    /// virtio-net devices on tap interfaces (the guest's eth0, eth1, ...).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -266,6 +371,7 @@ impl VmConfig {
             rng: false,
             console: None,
             shared_dirs: Vec::new(),
+            net: Vec::new(),
         }
     }
 
@@ -410,6 +516,67 @@ mod tests {
         assert!(FsConfig::parse("t=").is_err());
         assert!(FsConfig::parse("t=/a,rx").is_err());
         assert!(FsConfig::parse(&format!("{}=/a", "x".repeat(37))).is_err());
+    }
+
+    #[test]
+    fn net_specs_parse() {
+        assert_eq!(
+            NetConfig::parse("tap=tap0").unwrap(),
+            NetConfig {
+                tap: "tap0".into(),
+                mac: None
+            }
+        );
+        let n = NetConfig::parse("tap=kvm1,mac=02:AB:cd:00:11:22").unwrap();
+        assert_eq!(n.mac, Some([0x02, 0xab, 0xcd, 0x00, 0x11, 0x22]));
+        assert_eq!(n.guest_mac(), [0x02, 0xab, 0xcd, 0x00, 0x11, 0x22]);
+        assert_eq!(
+            NetConfig::parse("mac=02:00:00:00:00:01,tap=t").unwrap().tap,
+            "t"
+        );
+        for bad in [
+            "",
+            "tap0",
+            "tap=",
+            "tap=a/b",
+            "tap=x,tap=y",
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=00:00:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00:0g",
+            "tap=t,mac=002:00:00:00:00:01",
+            "tap=t,mtu=9000",
+        ] {
+            let e = NetConfig::parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--net {bad}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn derived_mac_is_stable_local_unicast() {
+        let a = NetConfig::parse("tap=tap0").unwrap().guest_mac();
+        assert_eq!(a, NetConfig::parse("tap=tap0").unwrap().guest_mac());
+        assert_ne!(a, NetConfig::parse("tap=tap1").unwrap().guest_mac());
+        assert_eq!(a[0], 0x02, "locally administered, unicast");
+    }
+
+    #[test]
+    fn vsock_specs_parse() {
+        assert_eq!(
+            VsockConfig::parse("3,/run/v.sock").unwrap(),
+            VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into()
+            }
+        );
+        assert_eq!(
+            VsockConfig::parse("42,/a,b.sock").unwrap().uds_path,
+            PathBuf::from("/a,b.sock")
+        );
+        for bad in ["", "3", "x,/a", "2,/a", "3,", "4294967295,/a"] {
+            let e = VsockConfig::parse(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--vsock {bad}:")), "{e}");
+        }
     }
 
     #[test]

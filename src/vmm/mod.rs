@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use crate::cli::VmBootArgs;
 use config::{
-    ConsoleConfig, CpuProfile, DiskConfig, FsConfig, SerialOutput, VmConfig, KVM_PVM_SYSFS,
+    ConsoleConfig, CpuProfile, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig,
+    VsockConfig, KVM_PVM_SYSFS,
 };
 use exit::VmExit;
 
@@ -62,6 +63,18 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         .map(|s| FsConfig::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let net = args
+        .net
+        .iter()
+        .map(|n| NetConfig::parse(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let vsock = args
+        .vsock
+        .as_deref()
+        .map(VsockConfig::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let config = VmConfig {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
@@ -76,10 +89,11 @@ pub fn boot_command(args: &VmBootArgs) -> anyhow::Result<i32> {
         }),
         serial,
         cpu_profile: choice.profile,
-        vsock: None,
+        vsock,
         disks,
         rng: args.rng,
         shared_dirs,
+        net,
     };
     let serial_where = match &args.serial_log {
         Some(p) => p.display().to_string(),

@@ -156,3 +156,50 @@ pub fn boot_timeout(default_secs: u64) -> Duration {
         .unwrap_or(default_secs);
     Duration::from_secs(secs)
 }
+
+/// A persistent tap interface created with `ip tuntap add` (up, with `host_cidr` as its
+/// address), deleted again when dropped — also when the test panics.
+pub struct Tap {
+    /// Interface name.
+    pub name: String,
+}
+
+impl Tap {
+    /// Create tap `name` with the host address `host_cidr` (e.g. `10.254.7.1/24`). Needs root.
+    pub fn create(name: &str, host_cidr: &str) -> Tap {
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+        let tap = Tap {
+            name: name.to_string(),
+        };
+        ip(&["addr", "add", host_cidr, "dev", name]);
+        ip(&["link", "set", name, "up"]);
+        tap
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether interface `name` exists on the host.
+pub fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2's ip is needed for the network tests");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}

@@ -5,6 +5,7 @@ pub mod console;
 pub mod desc_chain;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 

@@ -8,9 +8,11 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnKey, ConnState, Connection, TxError, CONN_BUF_ALLOC};
 use super::packet::*;
@@ -26,7 +28,15 @@ pub const MAX_CONTROL_QUEUE: usize = 1024;
 /// First port handed to host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
+/// How long a host-initiated connection waits for the guest's RESPONSE before the device
+/// gives up: the guest gets a RST and the host program sees its socket closed without `OK`.
+/// Generous because the guest kernel is emulated on this project's hosts (seconds per request
+/// under load).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 const LISTENER_TOKEN: u64 = 0;
+/// The connect-timeout timer's epoll token (connection tokens count up from 1).
+const TIMER_TOKEN: u64 = u64::MAX;
 
 /// What an epoll token stands for.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +56,8 @@ pub struct BackendStats {
     pub credit_violations: u64,
     /// Host connections dropped before or at their `CONNECT` line.
     pub bad_handshakes: u64,
+    /// Host-initiated connections the guest did not answer within the connect timeout.
+    pub connect_timeouts: u64,
 }
 
 /// The backend of one vsock device.
@@ -69,6 +81,11 @@ pub struct UnixBackend {
     next_host_port: u32,
     control: VecDeque<(Header, Option<ConnKey>)>,
     read_ready: VecDeque<ConnKey>,
+    /// Host-initiated connections waiting for the guest's RESPONSE, with their deadline.
+    connecting: HashMap<ConnKey, Instant>,
+    connect_timeout: Duration,
+    /// Fires at the earliest deadline in `connecting`; registered with `epoll`.
+    timer: TimerFd,
     stats: BackendStats,
 }
 
@@ -84,13 +101,20 @@ impl UnixBackend {
         let listener = UnixListener::bind(uds_path)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", uds_path.display())))?;
         listener.set_nonblocking(true)?;
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            timer.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TIMER_TOKEN),
+        )?;
         Ok(UnixBackend {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
             listener,
             accepting: false,
             listening: false,
-            epoll: Epoll::new()?,
+            epoll,
             next_token: LISTENER_TOKEN + 1,
             tokens: HashMap::new(),
             handshakes: HashMap::new(),
@@ -101,6 +125,9 @@ impl UnixBackend {
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
             read_ready: VecDeque::new(),
+            connecting: HashMap::new(),
+            connect_timeout: CONNECT_TIMEOUT,
+            timer,
             stats: BackendStats::default(),
         })
     }
@@ -113,6 +140,11 @@ impl UnixBackend {
     /// The listening socket's path.
     pub fn uds_path(&self) -> &Path {
         &self.uds_path
+    }
+
+    /// Change the connect timeout (for connections requested from now on).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
     }
 
     /// Error counters.
@@ -158,6 +190,8 @@ impl UnixBackend {
         }
         self.control.clear();
         self.read_ready.clear();
+        self.connecting.clear();
+        self.arm_timer();
     }
 
     /// Stop watching the listener (reset, or accept failing for lack of fds: it resumes when
@@ -214,6 +248,7 @@ impl UnixBackend {
             (_, OP_RST) => self.remove_conn(key),
             (ConnState::Connecting, OP_RESPONSE) => {
                 conn.state = ConnState::Established;
+                self.connecting.remove(&key);
                 conn.queue_reply(format!("OK {}\n", key.0).as_bytes());
                 self.flush_conn(key);
             }
@@ -410,6 +445,11 @@ impl UnixBackend {
                 self.accept_host_connections();
                 continue;
             }
+            if token == TIMER_TOKEN {
+                let _ = self.timer.wait();
+                self.expire_connects();
+                continue;
+            }
             match self.tokens.get(&token).copied() {
                 Some(Token::Handshake) => self.read_handshake(token),
                 Some(Token::Conn(key)) => self.conn_event(key, set),
@@ -504,6 +544,50 @@ impl UnixBackend {
         conn.allocated_port = true;
         self.insert_conn(key, conn);
         self.push_conn_control(key, OP_REQUEST, 0);
+        self.connecting
+            .insert(key, Instant::now() + self.connect_timeout);
+        self.arm_timer();
+    }
+
+    /// Reset every host-initiated connection whose guest did not answer in time.
+    fn expire_connects(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ConnKey> = self
+            .connecting
+            .iter()
+            .filter(|(_, &deadline)| deadline <= now)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in expired {
+            self.connecting.remove(&key);
+            if self.conns.get(&key).map(|c| c.state) == Some(ConnState::Connecting) {
+                self.stats.connect_timeouts += 1;
+                tracing::debug!(
+                    ?key,
+                    "vsock: the guest did not answer the connection request"
+                );
+                self.reset_conn(key);
+            }
+        }
+        self.arm_timer();
+    }
+
+    /// Arm the timer for the earliest connect deadline, or disarm it when there is none.
+    fn arm_timer(&mut self) {
+        let next = self.connecting.values().min().copied();
+        let result = match next {
+            // A zero duration would disarm the timer: at least 1 ns.
+            Some(deadline) => self.timer.reset(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = result {
+            tracing::warn!("vsock: connect timer: {e}");
+        }
     }
 
     fn conn_event(&mut self, key: ConnKey, set: EventSet) {
@@ -605,6 +689,7 @@ impl UnixBackend {
     }
 
     fn remove_conn(&mut self, key: ConnKey) {
+        self.connecting.remove(&key);
         if let Some(conn) = self.conns.remove(&key) {
             if conn.allocated_port {
                 self.host_ports.remove(&key.0);

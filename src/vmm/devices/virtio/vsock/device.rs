@@ -107,6 +107,13 @@ impl Vsock {
         self.backend.stats()
     }
 
+    /// How long a host `CONNECT` waits for the guest to accept (default
+    /// [`CONNECT_TIMEOUT`](super::backend::CONNECT_TIMEOUT)); then the guest gets a RST and
+    /// the host socket is closed.
+    pub fn set_connect_timeout(&mut self, timeout: std::time::Duration) {
+        self.backend.set_connect_timeout(timeout);
+    }
+
     /// Open streams.
     pub fn connection_count(&self) -> usize {
         self.backend.connection_count()

@@ -406,6 +406,49 @@ fn host_connect_refused_by_guest_closes_the_host_socket() {
 }
 
 #[test]
+fn host_connect_the_guest_never_answers_times_out() {
+    let mut d = Driver::new();
+    d.dev.set_connect_timeout(Duration::from_millis(200));
+    d.give_rx(2);
+    let mut s = d.connect_host(77);
+    let got = d.recv_n(1);
+    assert_eq!(got[0].0.op, OP_REQUEST);
+    let host_port = got[0].0.src_port;
+    // A second request that the guest does answer in time stays up.
+    let (mut live, live_port) = host_connects(&mut d, 78, 64 * 1024);
+    // The guest stays silent on the first: the timer makes the backend fd readable.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        d.dev.process_backend();
+        let got = d.recv();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reset after the connect timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(got[0].0.op, OP_RST);
+    assert_eq!((got[0].0.src_port, got[0].0.dst_port), (host_port, 77));
+    assert_eq!(d.dev.backend_stats().connect_timeouts, 1);
+    // The host program sees its socket closed without an OK line.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(d.dev.connection_count(), 1);
+    // The answered connection still works and the timer no longer fires.
+    live.write_all(b"still").unwrap();
+    let got = d.recv_n(1);
+    assert_eq!((got[0].0.op, got[0].0.src_port), (OP_RW, live_port));
+    std::thread::sleep(Duration::from_millis(300));
+    d.dev.process_backend();
+    assert_eq!(d.dev.backend_stats().connect_timeouts, 1);
+    assert_idle(&d);
+}
+
+#[test]
 fn bad_connect_lines_are_dropped() {
     let mut d = Driver::new();
     d.give_rx(2);
