@@ -468,6 +468,31 @@ fn run_rm_captures_output_and_propagates_exit_codes() {
     );
 }
 
+/// `ctr task exec` in container `c`: an exec's output and exit code (3) come back, and piped
+/// stdin reaches an exec, whose EOF on ctr's stdin closes it (CloseIO).
+fn check_execs(ctrd: &Containerd, c: &str, tag: &str) {
+    let script = format!("echo {tag}; exit 3");
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e1", c, "sh", "-c", &script]);
+    assert_eq!(
+        (out.code, out.stdout.clone()),
+        (Some(3), format!("{tag}\n")),
+        "{out:#?}"
+    );
+    let data = format!("piped-{tag}\n");
+    let args = [
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        c,
+        "sh",
+        "-c",
+        "cat; echo end",
+    ];
+    let out = ctrd.ctr_input(&args, Some(data.as_bytes()));
+    assert_eq!(out.ok().stdout, format!("{data}end\n"), "{out:#?}");
+}
+
 #[test]
 fn exec_ps_metrics_pause_kill_and_delete() {
     let ctrd = Containerd::start();
@@ -479,35 +504,7 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let (pid, status) = ctrd.task(&c).expect("task listed");
     assert_eq!(status, "RUNNING");
 
-    let out = ctrd.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        &c,
-        "sh",
-        "-c",
-        "echo in-exec; exit 3",
-    ]);
-    assert_eq!(out.code, Some(3), "{out:#?}");
-    assert_eq!(out.stdout, "in-exec\n", "{out:#?}");
-
-    // Stdin reaches the process; EOF on ctr's stdin closes it (CloseIO).
-    let out = ctrd.ctr_input(
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e2",
-            &c,
-            "sh",
-            "-c",
-            "cat; echo end",
-        ],
-        Some(b"piped-data\n"),
-    );
-    out.ok();
-    assert_eq!(out.stdout, "piped-data\nend\n", "{out:#?}");
+    check_execs(&ctrd, &c, "in-exec");
 
     let ps = ctrd.ctr(&["task", "ps", &c]);
     ps.ok();
@@ -625,35 +622,7 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
         "task pid {vmm_pid} is {comm:?}, not the VMM"
     );
 
-    let out = ctrd.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        &c,
-        "sh",
-        "-c",
-        "echo in-vm-exec; exit 3",
-    ]);
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (Some(3), "in-vm-exec\n"),
-        "{out:#?}"
-    );
-    let out = ctrd.ctr_input(
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e2",
-            &c,
-            "sh",
-            "-c",
-            "cat; echo end",
-        ],
-        Some(b"piped-into-vm\n"),
-    );
-    assert_eq!(out.ok().stdout, "piped-into-vm\nend\n", "{out:#?}");
+    check_execs(&ctrd, &c, "in-vm-exec");
 
     // Guest pids: the init is pid 1 of the container's pid namespace or a guest pid, never
     // the VMM's host pid.

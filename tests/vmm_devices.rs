@@ -5,7 +5,6 @@
 
 mod vm_common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -18,18 +17,6 @@ const GUEST_WRITE: &str = "written-by-the-guest";
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 + 5) as u8).collect()
-}
-
-/// MD5 as busybox md5sum prints it, computed by the host's md5sum.
-fn md5_hex(data: &[u8], dir: &Path) -> String {
-    let p = dir.join("md5-input");
-    std::fs::write(&p, data).unwrap();
-    let out = Command::new("md5sum").arg(&p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// The guest is slow here (every fork/exec goes through the emulated kernel): few processes,
@@ -70,7 +57,7 @@ fn guest_uses_virtio_blk_rng_and_console() {
     let disk = dir.path().join("disk.img");
     let original = pattern(DISK_BYTES);
     std::fs::write(&disk, &original).unwrap();
-    let expected_md5 = md5_hex(&original, dir.path());
+    let expected_md5 = vm_common::md5_hex(&original, dir.path());
     let stdout_path = dir.path().join("stdout");
 
     let timeout = vm_common::boot_timeout(120);

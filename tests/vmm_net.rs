@@ -7,7 +7,6 @@ mod vm_common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -20,17 +19,6 @@ fn host_reply() -> Vec<u8> {
     let mut r = b"pong-from-host\n".to_vec();
     r.extend((0..BULK).map(|i| (i * 31 + 7) as u8));
     r
-}
-
-fn md5_hex(data: &[u8], dir: &Path) -> String {
-    let p = dir.join("md5-input");
-    std::fs::write(&p, data).unwrap();
-    let out = Command::new("md5sum").arg(&p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 fn init_script(host_ip: &str, guest_ip: &str) -> String {
@@ -135,7 +123,7 @@ fn guest_talks_tcp_with_the_host_over_a_tap() {
     );
     assert!(out.contains("REPLY-FIRST pong-from-host"), "reply line");
     let md5_line = out.lines().find(|l| l.starts_with("REPLY-MD5 ")).unwrap();
-    let want = md5_hex(&host_reply(), dir.path());
+    let want = vm_common::md5_hex(&host_reply(), dir.path());
     assert!(md5_line.contains(&want), "{md5_line} != {want}");
     // Guest → host bulk.
     assert!(out.contains("BULK-SENT"));

@@ -203,3 +203,16 @@ fn ip(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
+
+/// MD5 of `data` as busybox `md5sum` prints it, computed by the host's md5sum (via a file in
+/// `dir`).
+pub fn md5_hex(data: &[u8], dir: &Path) -> String {
+    let p = dir.join("md5-input");
+    std::fs::write(&p, data).unwrap();
+    let out = Command::new("md5sum").arg(&p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
