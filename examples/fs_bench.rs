@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -129,23 +129,9 @@ fn main() {
         .arg(&helper)
         .arg(&src));
 
-    let mut fs = Initramfs::new();
-    fs.dir("bin")
-        .dir("dev")
-        .dir("proc")
-        .dir("sys")
-        .dir("fs")
-        .dir("blk");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", &busybox).expect("busybox");
+    let mut fs = Initramfs::busybox(&busybox, init_script()).expect("busybox");
+    fs.dir("fs").dir("blk");
     fs.host_file("bin/fs_bench_guest", &helper).unwrap();
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, init_script());
     let initrd = dir.path().join("initramfs.cpio");
     std::fs::write(&initrd, fs.to_bytes()).unwrap();
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 
 const GUEST_TO_HOST_PORT: u32 = 5001;
 const HOST_TO_GUEST_PORT: u32 = 5002;
@@ -80,19 +80,8 @@ fn main() {
         .expect("gcc");
     assert!(status.success(), "gcc failed");
 
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("busybox");
+    let mut fs = Initramfs::busybox(Path::new("/bin/busybox"), &init_script(mib)).expect("busybox");
     fs.host_file("bin/vsock_bench_guest", &helper).unwrap();
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, init_script(mib));
     let initrd = dir.path().join("initramfs.cpio");
     std::fs::write(&initrd, fs.to_bytes()).unwrap();
 

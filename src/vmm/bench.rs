@@ -42,14 +42,7 @@ pub fn marker_initramfs_holding(
          {hold}\
          /bin/busybox poweroff -f\n"
     );
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
+    let mut fs = Initramfs::busybox(busybox, &script)?;
     // Also in the image, so the boot-timer write does not depend on the devtmpfs mount.
     fs.add(Entry::CharDev {
         path: "dev/port".into(),
@@ -57,12 +50,9 @@ pub fn marker_initramfs_holding(
         major: 1,
         minor: 4,
     });
-    fs.host_file("bin/busybox", busybox)?;
-    fs.symlink("bin/sh", "busybox");
     // The byte 123 for the boot timer, read by one dd process (no pipeline: see docs/vmm.md,
     // a guest process in a pipeline was seen to segfault intermittently on this host).
     fs.file("boot-mark", 0o644, vec![USERSPACE_MARK]);
-    fs.file("init", 0o755, script);
     Ok(fs)
 }
 

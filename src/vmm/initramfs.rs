@@ -72,6 +72,24 @@ impl Initramfs {
         Self::default()
     }
 
+    /// The smallest busybox userland: /bin, /dev (with /dev/console), /proc and /sys,
+    /// `busybox` (copied from the host) as /bin/busybox and /bin/sh, and `init` as /init.
+    /// Callers add their own files.
+    pub fn busybox(busybox: &Path, init: &str) -> io::Result<Self> {
+        let mut fs = Self::new();
+        fs.dir("bin").dir("dev").dir("proc").dir("sys");
+        fs.add(Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        });
+        fs.host_file("bin/busybox", busybox)?;
+        fs.symlink("bin/sh", "busybox");
+        fs.file("init", 0o755, init.to_string());
+        Ok(fs)
+    }
+
     /// Add an entry.
     pub fn add(&mut self, entry: Entry) -> &mut Self {
         self.entries.push(entry);

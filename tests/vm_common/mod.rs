@@ -8,24 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmbox::vmm::initramfs::{Entry, Initramfs};
+use kvmbox::vmm::initramfs::Initramfs;
 
 /// An initramfs with /bin/busybox (+ `bin/sh`), /dev/console, empty /dev /proc /sys and `script`
 /// as /init. Callers add their own files.
 pub fn busybox_initramfs(script: &str) -> Initramfs {
-    let mut fs = Initramfs::new();
-    fs.dir("bin").dir("dev").dir("proc").dir("sys");
-    fs.add(Entry::CharDev {
-        path: "dev/console".into(),
-        mode: 0o600,
-        major: 5,
-        minor: 1,
-    });
-    fs.host_file("bin/busybox", Path::new("/bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static) is needed");
-    fs.symlink("bin/sh", "busybox");
-    fs.file("init", 0o755, script.to_string());
-    fs
+    Initramfs::busybox(Path::new("/bin/busybox"), script)
+        .expect("/bin/busybox (Debian busybox-static) is needed")
 }
 
 /// Compile `tests/fixtures/<fixture>` (C) into a static, stripped guest binary at `out`.
