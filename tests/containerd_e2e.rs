@@ -555,19 +555,24 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     assert_eq!(ctrd.task_topics(watcher, &c, want.len()), want);
 }
 
-#[test]
-fn containerd_recovers_when_the_shim_is_killed() {
-    let ctrd = Containerd::start();
-    let c = id("orphan");
-    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
-    let (pid, _) = ctrd.task(&c).expect("task listed");
-    let shims = shims_for(&c);
+/// SIGKILL the one shim serving container `c`.
+fn sigkill_the_shim_of(c: &str) {
+    let shims = shims_for(c);
     assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shims[0]),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+}
+
+#[test]
+fn containerd_recovers_when_the_shim_is_killed() {
+    let ctrd = Containerd::start();
+    let c = id("orphan");
+    ctrd.run(&["-d"], &c, &["sleep", "1000"]).ok();
+    let (pid, _) = ctrd.task(&c).expect("task listed");
+    sigkill_the_shim_of(&c);
     // containerd notices the dead shim, runs `shim delete` and drops the task.
     ctrd.wait_task(&c, None);
     ctrd.ctr(&["container", "rm", &c]).ok();
@@ -720,13 +725,7 @@ fn vm_shim_killed_stops_the_vm() {
     ctrd.run_in(VM_MODE, &["-d"], &c, &["sleep", "1000"]).ok();
     let (vmm_pid, _) = ctrd.task(&c).expect("task listed");
     assert_eq!(vmms_mentioning(&c), vec![vmm_pid], "one VMM for {c}");
-    let shims = shims_for(&c);
-    assert_eq!(shims.len(), 1, "one shim for {c}: {shims:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill_the_shim_of(&c);
     ctrd.wait_task(&c, None);
     ctrd.ctr(&["container", "rm", &c]).ok();
     ctrd.assert_no_leftovers(&c, vmm_pid);
