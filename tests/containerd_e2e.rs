@@ -423,7 +423,8 @@ impl Containerd {
                 .map(String::from)
                 .collect::<Vec<_>>()
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: with the VM tests booting guests on both cores, `ctr events` can lag.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while read().len() < want && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
