@@ -20,7 +20,7 @@
 
 use std::io::{self, Read, Write};
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -252,6 +252,14 @@ pub enum Request {
     Resume {
         /// Container id.
         id: String,
+    },
+    /// Change the resource limits of a running container (its cgroup v2), like `runc update`.
+    /// Only the fields present are written.
+    UpdateContainer {
+        /// Container id.
+        id: String,
+        /// The new limits (runtime-spec `linux.resources`).
+        resources: Box<LinuxResources>,
     },
 }
 

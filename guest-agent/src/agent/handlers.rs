@@ -71,6 +71,11 @@ impl Server {
                     .map(|pids| ResponseBody::Processes { pids })
                     .map_err(|e| format!("processes of container {id}: {e}"))
             }),
+            Request::UpdateContainer { id, resources } => self.container(&id).and_then(|c| {
+                container::update_cgroup(&c.cgroup_path, &resources)
+                    .map(|()| ResponseBody::Ok)
+                    .map_err(|e| format!("update of container {id}: {e}"))
+            }),
             Request::DeleteContainer { id, force } => self.delete(&id, force),
             req @ (Request::Pause { .. } | Request::Resume { .. }) => self.freeze(&req),
             Request::Shutdown => {

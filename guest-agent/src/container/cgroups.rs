@@ -195,6 +195,15 @@ impl Cgroup {
         }
     }
 
+    /// An error naming the cgroup when none of its directories exists.
+    pub(crate) fn require_exists(&self) -> Result<()> {
+        if self.dirs().any(|(dir, _)| dir.is_dir()) {
+            Ok(())
+        } else {
+            Err(self.err("no such cgroup".into()))
+        }
+    }
+
     /// Apply memory, pids, cpu and cpuset limits.
     pub(crate) fn apply(&self, res: &LinuxResources) -> Result<()> {
         let v2 = self.layout == Layout::V2;

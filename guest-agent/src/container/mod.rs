@@ -126,6 +126,17 @@ pub fn destroy_cgroup(cgroup_path: &str) -> Result<(), ContainerError> {
     cgroups::Cgroup::open(cgroup_path)?.destroy()
 }
 
+/// Write `resources` (memory, pids, cpu and cpuset limits; only the fields set) to the existing
+/// cgroup at `cgroup_path`, as `runc update` does.
+pub fn update_cgroup(
+    cgroup_path: &str,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    let cgroup = cgroups::Cgroup::open(cgroup_path)?;
+    cgroup.require_exists()?;
+    cgroup.apply(resources)
+}
+
 /// PIDs (in the caller's pid namespace) of every process in the container's cgroup (empty if
 /// the cgroup does not exist).
 pub fn cgroup_pids(cgroup_path: &str) -> Result<Vec<i32>, ContainerError> {

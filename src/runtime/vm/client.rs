@@ -371,6 +371,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Shutdown => "Shutdown",
         Request::Pause { .. } => "Pause",
         Request::Resume { .. } => "Resume",
+        Request::UpdateContainer { .. } => "UpdateContainer",
     }
 }
 
