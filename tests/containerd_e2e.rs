@@ -46,7 +46,7 @@ impl Outcome {
 struct Containerd {
     dir: PathBuf,
     namespace: String,
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
     /// Longest wait for one `ctr` call.
     timeout: Duration,
 }
@@ -87,7 +87,7 @@ impl Containerd {
         let mut me = Containerd {
             namespace: format!("kvmbox-e2e-{}-{n}", std::process::id()),
             dir,
-            child: None,
+            child: Default::default(),
             timeout: CTR_TIMEOUT,
         };
         let t = me.dir.display().to_string();
@@ -129,7 +129,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        me.child = Some(child);
+        *me.child.get_mut().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while me.ctr(&["version"]).code != Some(0) {
             assert!(
@@ -329,6 +329,25 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.clean_up();
+    }
+}
+
+/// Cleans up a containerd shared with other threads (which keep it alive) when the test
+/// panics: a failed vm test must not leave containerd, a shim and a running VM behind.
+struct CleanUpOnPanic(std::sync::Arc<Containerd>);
+
+impl Drop for CleanUpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.clean_up();
+        }
+    }
+}
+
+impl Containerd {
+    /// Stop everything this containerd started and remove its directory (idempotent).
+    fn clean_up(&self) {
         // Containers left by a failed test: kvmbox kills and removes them.
         let root = self.dir.join("kvmbox").join(&self.namespace);
         if let Ok(entries) = fs::read_dir(&root) {
@@ -341,7 +360,7 @@ impl Drop for Containerd {
                     .output();
             }
         }
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
@@ -395,6 +414,74 @@ fn id(prefix: &str) -> String {
 }
 
 impl Containerd {
+    /// Run `ctr <args>` on a pty of ours sized `rows`x`cols` (ctr forwards the size with
+    /// ResizePty): its exit code and everything it wrote to the terminal.
+    fn ctr_on_pty(&self, args: &[&str], rows: u16, cols: u16) -> (Option<i32>, String) {
+        use std::io::Read;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = fs::File::from(pty.slave);
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", &self.namespace])
+            .args(args)
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        let mut child = cmd.spawn().expect("run ctr");
+        drop(cmd); // our copies of the slave: EIO on the master once ctr is gone
+        let mut master = fs::File::from(pty.master);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+        });
+        let text = rx
+            .recv_timeout(self.timeout)
+            .unwrap_or_else(|_| panic!("ctr {args:?} on a pty timed out; log:\n{}", self.log()));
+        (child.wait().unwrap().code(), text)
+    }
+
+    /// Send the shim of task `id` an Update with runtime-spec LinuxResources `resources`, as
+    /// containerd does for `UpdateContainerResources` (ctr 1.6 has no update command).
+    fn update_through_the_shim(&self, id: &str, resources: &str) -> Result<(), String> {
+        use containerd_shim::protos::shim::shim::UpdateTaskRequest;
+        use containerd_shim::protos::shim::shim_ttrpc::TaskClient;
+        let bundle = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id);
+        let address = fs::read_to_string(bundle.join("address")).expect("shim address");
+        let client = containerd_shim::protos::ttrpc::Client::connect(address.trim())
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        let mut req = UpdateTaskRequest::new();
+        req.id = id.to_string();
+        let mut any = containerd_shim::protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = resources.as_bytes().to_vec();
+        req.resources = Some(any).into();
+        let ctx =
+            containerd_shim::protos::ttrpc::context::with_timeout(self.timeout.as_nanos() as i64);
+        TaskClient::new(client)
+            .update(ctx, &req)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Start `ctr events`, writing to `<dir>/events.txt`.
     fn watch_events(&self) -> Child {
         let out = fs::File::create(self.dir.join("events.txt")).unwrap();
@@ -550,6 +637,7 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let mut want = vec!["/tasks/create", "/tasks/start"];
     want.extend(exec);
     want.extend(exec);
+    want.extend(exec); // the terminal exec
     want.extend(["/tasks/paused", "/tasks/resumed"]);
     want.extend(["/tasks/exec-added", "/tasks/exec-started"]);
     want.extend(["/tasks/exit", "/tasks/exit", "/tasks/delete"]);
@@ -599,6 +687,7 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
     let mut ctrd = Containerd::start();
     ctrd.timeout = VM_CTR_TIMEOUT;
     let ctrd = std::sync::Arc::new(ctrd);
+    let _clean_up = CleanUpOnPanic(std::sync::Arc::clone(&ctrd));
     let watcher = ctrd.watch_events();
     let c = id("vm");
     let script = "echo hello-from-vm; uname -r; echo to-stderr >&2; \
@@ -646,6 +735,40 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
     metrics.ok();
     assert!(metrics.stdout.contains("pids.current"), "{metrics:#?}");
     assert!(metrics.stdout.contains("memory.usage"), "{metrics:#?}");
+
+    // Update goes to the agent, which writes the container's cgroup v2 in the guest; the
+    // metrics (read back by the agent) show the new limits.
+    ctrd.update_through_the_shim(&c, r#"{"pids":{"limit":42},"memory":{"limit":50331648}}"#)
+        .expect("update in the guest");
+    let metrics = ctrd.ctr(&["task", "metrics", "--format", "json", &c]);
+    let json: serde_json::Value = serde_json::from_str(&metrics.ok().stdout).expect("json");
+    let data = &json;
+    assert_eq!(data["pids"]["limit"], 42, "{metrics:#?}");
+    assert_eq!(data["memory"]["usage_limit"], 50331648u64, "{metrics:#?}");
+
+    // `ctr task exec -t`: a pty in the guest, sized by ResizePty (→ the agent's ResizeTty).
+    let (code, text) = ctrd.ctr_on_pty(
+        &[
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            "tty",
+            &c,
+            "sh",
+            "-c",
+            "sleep 1; tty; stty size < /dev/tty; exit 4",
+        ],
+        33,
+        91,
+    );
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
+    assert!(
+        text.contains("33 91"),
+        "size not forwarded: {text}\n{}",
+        ctrd.log()
+    );
 
     ctrd.ctr(&["task", "pause", &c]).ok();
     assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
@@ -709,6 +832,7 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
     let mut want = vec!["/tasks/create", "/tasks/start"];
     want.extend(exec);
     want.extend(exec);
+    want.extend(exec); // the terminal exec
     want.extend(["/tasks/paused", "/tasks/resumed"]);
     want.extend(exec);
     want.extend(exec);
@@ -734,58 +858,28 @@ fn vm_shim_killed_stops_the_vm() {
 
 #[test]
 fn terminal_gets_a_pty_sized_by_resize_pty() {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
     let ctrd = Containerd::start();
     let c = id("tty");
     let fifo = ctrd.dir.join("fifo");
     // ctr runs on a 91x33 pty of ours and forwards that size with ResizePty.
-    let size = nix::pty::Winsize {
-        ws_row: 33,
-        ws_col: 91,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-    let slave = fs::File::from(pty.slave);
-    let mut cmd = Command::new("ctr");
-    cmd.arg("-a")
-        .arg(ctrd.dir.join("containerd.sock"))
-        .args([
-            "-n",
-            &ctrd.namespace,
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            RUNTIME,
-        ])
-        .args(["--annotation", NAMESPACE_MODE, "--fifo-dir"])
-        .arg(&fifo)
-        .args([IMAGE_NAME, c.as_str(), "sh", "-c"])
-        .arg("sleep 0.3; tty; stty size < /dev/tty; exit 4")
-        .stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave);
-    let mut child = cmd.spawn().expect("run ctr");
-    drop(cmd); // our copies of the slave: EIO on the master once ctr is gone
-    let mut master = fs::File::from(pty.master);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            text.extend_from_slice(&buf[..n]);
-        }
-        let _ = master.as_raw_fd();
-        let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
-    });
-    let text = rx.recv_timeout(CTR_TIMEOUT).expect("ctr -t timed out");
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(4), "{text}");
+    let args = [
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        NAMESPACE_MODE,
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        IMAGE_NAME,
+        &c,
+        "sh",
+        "-c",
+        "sleep 0.3; tty; stty size < /dev/tty; exit 4",
+    ];
+    let (code, text) = ctrd.ctr_on_pty(&args, 33, 91);
+    assert_eq!(code, Some(4), "{text}");
     assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
     assert!(
         text.contains("33 91"),
@@ -798,6 +892,72 @@ fn terminal_gets_a_pty_sized_by_resize_pty() {
         "",
         "--rm left containers: {listed:#?}"
     );
+}
+
+/// The runtime options containerd passes for a non-runc runtime (`runtimeoptions.v1.Options`,
+/// here from `ctr run --runtime-config-path`) name a kvmbox config file whose `isolation`
+/// applies; a bad file is refused naming it, leaving nothing. Update reaches the container's
+/// host cgroup.
+#[test]
+fn runtime_options_config_chooses_isolation_and_update_applies() {
+    let ctrd = Containerd::start();
+    let fifo = ctrd.dir.join("fifo");
+    let config = ctrd.dir.join("kvmbox-namespace.toml");
+    fs::write(&config, "isolation = \"namespace\"\n").unwrap();
+    let run = |config: &Path, flags: &[&str], c: &str, command: &[&str]| {
+        let mut args = vec!["run", "--runtime", RUNTIME, "--runtime-config-path"];
+        args.push(config.to_str().unwrap());
+        args.extend_from_slice(&["--fifo-dir", fifo.to_str().unwrap()]);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE_NAME, c]);
+        args.extend_from_slice(command);
+        ctrd.ctr(&args)
+    };
+    // No annotation: the config file says namespace, so the host kernel answers (a VM would
+    // print the guest kernel's release, and take far longer than CTR_TIMEOUT here).
+    let host_release = nix::sys::utsname::uname().unwrap();
+    let host_release = host_release.release().to_string_lossy().into_owned();
+    let out = run(&config, &["--rm"], &id("opts"), &["uname", "-r"]);
+    assert_eq!(out.ok().stdout.trim(), host_release, "{out:#?}");
+
+    // Update through the shim writes the container's host cgroup.
+    let c = id("upd");
+    run(&config, &["-d"], &c, &["sleep", "1000"]).ok();
+    let (pid, _) = ctrd.task(&c).expect("task listed");
+    let pids_max = Path::new("/sys/fs/cgroup/pids")
+        .join(&ctrd.namespace)
+        .join(&c)
+        .join("pids.max");
+    ctrd.update_through_the_shim(&c, r#"{"pids":{"limit":42},"memory":{"limit":67108864}}"#)
+        .expect("update");
+    assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "42");
+    let mem = Path::new("/sys/fs/cgroup/memory")
+        .join(&ctrd.namespace)
+        .join(&c)
+        .join("memory.limit_in_bytes");
+    assert_eq!(fs::read_to_string(mem).unwrap().trim(), "67108864");
+    let err = ctrd
+        .update_through_the_shim(&c, "not json")
+        .expect_err("bad resources");
+    assert!(err.contains("LinuxResources"), "{err}");
+    ctrd.ctr(&["task", "kill", "--signal", "SIGKILL", &c]).ok();
+    ctrd.wait_task(&c, Some("STOPPED"));
+    ctrd.ctr(&["task", "delete", &c]).ok();
+    ctrd.ctr(&["container", "rm", &c]).ok();
+    ctrd.assert_no_leftovers(&c, pid);
+
+    // A config file that does not parse, and one that does not exist: refused, naming it.
+    let bad = ctrd.dir.join("kvmbox-bad.toml");
+    fs::write(&bad, "isolation = \"kvm\"\n").unwrap();
+    let missing = ctrd.dir.join("kvmbox-missing.toml");
+    for (config, needle) in [(&bad, "kvmbox-bad.toml"), (&missing, "kvmbox-missing.toml")] {
+        let c = id("badopts");
+        let out = run(config, &["--rm"], &c, &["true"]);
+        assert_ne!(out.code, Some(0), "{out:#?}");
+        assert!(out.stderr.contains(needle), "{out:#?}");
+        ctrd.ctr(&["container", "rm", &c]);
+        assert!(ctrd.leftovers(&c).is_empty(), "{:?}", ctrd.leftovers(&c));
+    }
 }
 
 /// containerd-shim processes whose command line carries `-id <id>`.

@@ -139,13 +139,18 @@ fn set_frozen_v1(cgroup_path: &str, pids: &[i32], frozen: bool) -> Result<()> {
 
 /// Apply containerd's Update resources (an Any holding runtime-spec LinuxResources as JSON).
 pub fn update(pid: i32, resources: &Any) -> Result<()> {
-    let parsed: LinuxResources = serde_json::from_slice(&resources.value).map_err(|e| {
+    let parsed = parse_resources(resources)?;
+    let cgroup = cgroup_of(pid)?;
+    update_resources(&cgroup, &parsed)?;
+    Ok(())
+}
+
+/// containerd's Update resources: runtime-spec LinuxResources as JSON in an Any.
+pub fn parse_resources(resources: &Any) -> Result<LinuxResources> {
+    serde_json::from_slice(&resources.value).map_err(|e| {
         ShimError::InvalidArgument(format!(
             "update resources ({}): not runtime-spec LinuxResources JSON: {e}",
             resources.type_url
         ))
-    })?;
-    let cgroup = cgroup_of(pid)?;
-    update_resources(&cgroup, &parsed)?;
-    Ok(())
+    })
 }

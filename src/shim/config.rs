@@ -34,13 +34,21 @@ pub fn bundle_annotations(bundle: &Path) -> Result<HashMap<String, String>> {
         .unwrap_or_default())
 }
 
-/// The isolation model of container `id`: the annotation `io.kvmbox.isolation`, else
-/// `$KVMBOX_ISOLATION` (`env`), else `vm`. Returns the model and where it came from.
+/// The isolation model of container `id`: the annotation `io.kvmbox.isolation`, else the
+/// `isolation` of the config file named by the runtime options (`options`: its path and value),
+/// else `$KVMBOX_ISOLATION` (`env`), else `vm`. Returns the model and where it came from.
 pub fn choose_isolation(
     id: &str,
     annotations: &HashMap<String, String>,
+    options: Option<(&Path, Isolation)>,
     env: Option<&str>,
 ) -> Result<(Isolation, String)> {
+    if !annotations.contains_key(ISOLATION_ANNOTATION) {
+        if let Some((path, isolation)) = options {
+            let source = format!("runtime options config {}", path.display());
+            return Ok((isolation, source));
+        }
+    }
     let (value, source) = match annotations.get(ISOLATION_ANNOTATION) {
         Some(v) => (v.as_str(), format!("annotation {ISOLATION_ANNOTATION}")),
         None => match env.filter(|v| !v.is_empty()) {
@@ -87,7 +95,7 @@ mod tests {
 
     #[test]
     fn isolation_comes_from_annotation_then_env_then_vm() {
-        let pick = |a: &[(&str, &str)], env| choose_isolation("c1", &ann(a), env);
+        let pick = |a: &[(&str, &str)], env| choose_isolation("c1", &ann(a), None, env);
         let (iso, src) = pick(&[(ISOLATION_ANNOTATION, "namespace")], Some("vm")).unwrap();
         assert_eq!(
             (iso, src.as_str()),
@@ -104,6 +112,23 @@ mod tests {
             pick(&[(ISOLATION_ANNOTATION, "vm")], Some("namespace"))
                 .unwrap()
                 .0,
+            Isolation::Vm
+        );
+        // The runtime options' config file comes after the annotation, before the env.
+        let cfg = Path::new("/etc/kvmbox/ns.toml");
+        let with_options = |a: &[(&str, &str)]| {
+            choose_isolation("c1", &ann(a), Some((cfg, Isolation::Namespace)), Some("vm"))
+        };
+        let (iso, src) = with_options(&[]).unwrap();
+        assert_eq!(
+            (iso, src.as_str()),
+            (
+                Isolation::Namespace,
+                "runtime options config /etc/kvmbox/ns.toml"
+            )
+        );
+        assert_eq!(
+            with_options(&[(ISOLATION_ANNOTATION, "vm")]).unwrap().0,
             Isolation::Vm
         );
         let err = pick(&[(ISOLATION_ANNOTATION, "kvm")], None)

@@ -14,6 +14,7 @@ use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
 
 use super::error::{Result, ShimError};
 use crate::runtime::Isolation;
+use crate::vm_launch::config_file::CONFIG_ENV;
 
 /// Environment variable naming the `kvmbox` binary explicitly.
 pub const KVMBOX_BINARY_ENV: &str = "KVMBOX_BINARY";
@@ -68,6 +69,7 @@ impl Kvmbox {
     pub fn create(
         &self,
         isolation: Isolation,
+        config: Option<&Path>,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
@@ -86,7 +88,7 @@ impl Kvmbox {
         };
         let mut all: Vec<OsString> = vec!["--isolation".into(), flag.into()];
         all.extend(args);
-        self.run_with_stdio(&format!("create {id}"), all, stdio)
+        self.run_with_stdio(&format!("create {id}"), all, config, stdio)
     }
 
     /// `kvmbox exec --detach -p process.json`: the new process inherits `stdio`.
@@ -105,7 +107,7 @@ impl Kvmbox {
             args.extend(["--console-socket".into(), socket.into()]);
         }
         args.push(id.into());
-        self.run_with_stdio(&format!("exec {id}"), args, stdio)
+        self.run_with_stdio(&format!("exec {id}"), args, None, stdio)
     }
 
     /// `kvmbox start`.
@@ -150,7 +152,14 @@ impl Kvmbox {
     }
 
     /// Run with the container's stdio; kvmbox's error comes from its JSON log file.
-    fn run_with_stdio(&self, what: &str, args: Vec<OsString>, stdio: ChildStdio) -> Result<()> {
+    /// Run `kvmbox <args>` with `stdio`; `config` is passed as `KVMBOX_CONFIG`.
+    fn run_with_stdio(
+        &self,
+        what: &str,
+        args: Vec<OsString>,
+        config: Option<&Path>,
+        stdio: ChildStdio,
+    ) -> Result<()> {
         fs::create_dir_all(&self.root)
             .map_err(|e| ShimError::io("create state root", &self.root, e))?;
         let log = tempfile::Builder::new()
@@ -159,6 +168,9 @@ impl Kvmbox {
             .tempfile_in(&self.root)
             .map_err(|e| ShimError::io("create log file in", &self.root, e))?;
         let mut cmd = self.command();
+        if let Some(config) = config {
+            cmd.env(CONFIG_ENV, config);
+        }
         cmd.arg("--log")
             .arg(log.path())
             .args(["--log-format", "json"])

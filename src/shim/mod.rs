@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod kvmbox_cli;
+pub mod options;
 pub mod process;
 pub mod reaper;
 pub mod service;

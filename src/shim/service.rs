@@ -24,6 +24,7 @@ use super::config::{bundle_annotations, choose_isolation, ISOLATION_ENV};
 use super::error::{Result, ShimError};
 use super::events::EventSender;
 use super::kvmbox_cli::Kvmbox;
+use super::options::RuntimeOptions;
 use super::process::{timestamp, Process};
 use super::stdio::{ProcessIo, StdioPaths};
 use super::vm;
@@ -203,9 +204,12 @@ impl Inner {
         }
         let bundle = PathBuf::from(&req.bundle);
         let annotations = bundle_annotations(&bundle)?;
+        let options = RuntimeOptions::from_any(id, req.options.as_ref())?;
+        let config = options.config.as_ref();
         let (isolation, source) = choose_isolation(
             id,
             &annotations,
+            config.and_then(|(path, c)| Some((path.as_path(), c.isolation?))),
             std::env::var(ISOLATION_ENV).ok().as_deref(),
         )?;
         containerd_shim::info!("container {id}: isolation {isolation:?} ({source})");
@@ -231,7 +235,8 @@ impl Inner {
             terminal: req.terminal,
         };
         let init = Arc::new(Process::new(id, "", stdio.clone()));
-        let pid = match self.spawn_init(isolation, id, &bundle, &init) {
+        let config_path = config.map(|(path, _)| path.as_path());
+        let pid = match self.spawn_init(isolation, config_path, id, &bundle, &init) {
             Ok(pid) => pid,
             Err(e) => {
                 if rootfs_mounted {
@@ -309,6 +314,7 @@ impl Inner {
     fn spawn_init(
         &self,
         isolation: Isolation,
+        config: Option<&Path>,
         id: &str,
         bundle: &Path,
         init: &Process,
@@ -322,6 +328,7 @@ impl Inner {
         let pid_file = bundle.join("init.pid");
         self.kvmbox.create(
             isolation,
+            config,
             id,
             bundle,
             &pid_file,
@@ -700,19 +707,15 @@ impl Inner {
         cgroups::stats(pid)
     }
 
-    /// Update: the host cgroup in namespace mode; not yet in vm mode.
+    /// Update: the container's cgroup, on the host (namespace) or in the guest (vm).
     fn update(&self, req: &UpdateTaskRequest) -> Result<()> {
         let pid = self.running_init_pid(&req.id)?;
-        if self.container(&req.id)?.isolation == Isolation::Vm {
-            return Err(ShimError::Unimplemented(format!(
-                "update {}: changing resources of a running vm container is not supported yet \
-                 (set them in the spec at create)",
-                req.id
-            )));
-        }
         let resources = req.resources.as_ref().ok_or_else(|| {
             ShimError::InvalidArgument(format!("update {}: no resources", req.id))
         })?;
+        if self.container(&req.id)?.isolation == Isolation::Vm {
+            return vm::update(&self.vm_target(&req.id)?, &req.id, resources);
+        }
         cgroups::update(pid, resources)
     }
 }

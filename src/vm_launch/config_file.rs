@@ -1,12 +1,13 @@
-//! The kvmbox config file (TOML): defaults for every microVM. Path: `KVMBOX_CONFIG`, else
-//! `/etc/kvmbox/config.toml` (optional; a missing default file is fine, a missing
-//! `KVMBOX_CONFIG` file is an error). Unknown keys are errors naming the file and the key.
+//! The kvmbox config file (TOML): the default isolation and defaults for every microVM. Path:
+//! `KVMBOX_CONFIG`, else `/etc/kvmbox/config.toml` (optional; a missing default file is fine, a
+//! missing `KVMBOX_CONFIG` file is an error). Unknown keys are errors naming the file and the key.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::error::VmLaunchError;
+use crate::runtime::Isolation;
 use crate::vmm::config::CpuProfile;
 
 /// The default config file location.
@@ -18,6 +19,7 @@ pub const CONFIG_ENV: &str = "KVMBOX_CONFIG";
 /// The settings of the config file; every key is optional.
 ///
 /// ```toml
+/// isolation = "vm"                     # or "namespace": for new containers
 /// kernel = "/var/lib/kvmbox/vmlinux"   # relative paths are relative to the file's directory
 /// agent = "/usr/libexec/kvmbox/kvmbox-agent"
 /// vmm = "/usr/libexec/kvmbox/kvmbox-vmm"
@@ -30,6 +32,9 @@ pub const CONFIG_ENV: &str = "KVMBOX_CONFIG";
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// Isolation of new containers (after `--isolation`, `KVMBOX_ISOLATION` and, in the shim,
+    /// the `io.kvmbox.isolation` annotation).
+    pub isolation: Option<Isolation>,
     /// Guest kernel (after `--kernel` and the spec's `vm.kernel.path`).
     pub kernel: Option<PathBuf>,
     /// The guest agent binary (after `KVMBOX_AGENT`).
@@ -117,6 +122,7 @@ mod tests {
     #[test]
     fn parses_every_key_and_resolves_relative_paths() {
         let text = r#"
+isolation = "namespace"
 kernel = "vmlinux"
 agent = "/opt/agent"
 vcpus = 2
@@ -133,6 +139,7 @@ cpu_profile = "emulated"
         assert_eq!(c.memory_overhead_mib, Some(32));
         assert_eq!(c.agent_timeout_secs, Some(30));
         assert_eq!(c.cpu_profile, Some(CpuProfile::Emulated));
+        assert_eq!(c.isolation, Some(Isolation::Namespace));
     }
 
     #[test]
