@@ -24,7 +24,7 @@ use super::cgroup::resolve_cgroup_path;
 use super::error::{Result, RuntimeError};
 use super::id::validate_id;
 use super::process::{start_time, wait_exited};
-use super::resources::{has_updatable_limit, ignored_fields};
+use super::resources::{has_updatable_limit, ignored_fields, missing_v1_controllers, CGROUP_ROOT};
 use super::state::{ContainerRecord, StateStore};
 use super::vm::lifecycle as vm;
 use super::vm::{InitStdio, VmSettings};
@@ -487,6 +487,15 @@ impl Runtime {
         }
         if record.status() == Status::Stopped {
             return Err(stopped_update(id));
+        }
+        let missing =
+            missing_v1_controllers(Path::new(CGROUP_ROOT), &record.cgroup_path, resources);
+        if !missing.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {id}: update: its cgroup has no {} controller directory (on cgroup v1 \
+                 kvmbox creates it only when config.json sets such limits at create)",
+                missing.join(" or ")
+            )));
         }
         container::update_cgroup(&record.cgroup_path, resources)
             .map_err(|e| RuntimeError::container(id, e))?;

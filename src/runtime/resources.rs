@@ -3,7 +3,12 @@
 //! cpuset cpus and mems) and pids. The rest (devices, block I/O, hugepages, network, RDMA,
 //! unified, kernel memory, realtime CPU) is not changed by `update`.
 
+use std::path::Path;
+
 use oci_spec::runtime::LinuxResources;
+
+/// Where the cgroup filesystems are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// True if `res` sets at least one limit `update` writes (zero values mean "unchanged", as in
 /// runc's `update`).
@@ -70,6 +75,44 @@ pub fn ignored_fields(res: &LinuxResources) -> Vec<&'static str> {
     out
 }
 
+/// On a cgroup v1 host under `cgroup_root`: the controllers `res` needs (`cpu` for shares,
+/// quota and period, `cpuset` for cpus and mems) in whose hierarchy the container's cgroup
+/// `cgroup_path` has no directory. On v1 the container setup creates those only when the spec
+/// asked for such limits at create time, so `update` cannot set them afterwards. Empty on a
+/// cgroup v2 host.
+pub fn missing_v1_controllers(
+    cgroup_root: &Path,
+    cgroup_path: &str,
+    res: &LinuxResources,
+) -> Vec<&'static str> {
+    if cgroup_root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    let Some(cpu) = res.cpu() else {
+        return Vec::new();
+    };
+    let mut wanted = Vec::new();
+    if cpu.shares().is_some_and(|v| v != 0)
+        || cpu.quota().is_some_and(|v| v != 0)
+        || cpu.period().is_some_and(|v| v != 0)
+    {
+        wanted.push("cpu");
+    }
+    if cpu.cpus().as_deref().is_some_and(|s| !s.is_empty())
+        || cpu.mems().as_deref().is_some_and(|s| !s.is_empty())
+    {
+        wanted.push("cpuset");
+    }
+    let rel = cgroup_path.trim_start_matches('/');
+    wanted
+        .into_iter()
+        .filter(|c| {
+            let hierarchy = cgroup_root.join(c);
+            hierarchy.is_dir() && !hierarchy.join(rel).is_dir()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +144,30 @@ mod tests {
             vec!["blockIO", "unified", "memory.kernel"]
         );
         assert!(ignored_fields(&res(r#"{"pids": {"limit": 3}}"#)).is_empty());
+    }
+
+    #[test]
+    fn missing_v1_cpu_and_cpuset_cgroups_are_found() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for dir in [
+            "memory/kvmbox/c1",
+            "pids/kvmbox/c1",
+            "cpu/kvmbox",
+            "cpuset/kvmbox/c1",
+        ] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        let both = res(r#"{"cpu": {"quota": 5000, "cpus": "0"}, "memory": {"limit": 9}}"#);
+        assert_eq!(missing_v1_controllers(r, "/kvmbox/c1", &both), vec!["cpu"]);
+        assert_eq!(
+            missing_v1_controllers(r, "/kvmbox/c2", &both),
+            vec!["cpu", "cpuset"]
+        );
+        let memory_only = res(r#"{"memory": {"limit": 9}, "cpu": {"quota": 0}}"#);
+        assert!(missing_v1_controllers(r, "/kvmbox/c2", &memory_only).is_empty());
+        // cgroup v2: one hierarchy, nothing is missing.
+        std::fs::write(r.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        assert!(missing_v1_controllers(r, "/kvmbox/c2", &both).is_empty());
     }
 }
