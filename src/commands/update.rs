@@ -84,7 +84,7 @@ fn apply_flags(res: &mut LinuxResources, a: &UpdateArgs) -> Result<()> {
     let reservation = bytes("--memory-reservation", &a.memory_reservation)?;
     let swap = bytes("--memory-swap", &a.memory_swap)?;
     if limit.is_some() || reservation.is_some() || swap.is_some() {
-        let mut mem: LinuxMemory = res.memory().clone().unwrap_or_default();
+        let mut mem: LinuxMemory = res.memory().unwrap_or_default();
         if limit.is_some() {
             mem.set_limit(limit);
         }
