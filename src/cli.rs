@@ -93,6 +93,8 @@ pub enum Command {
     Ps(PsArgs),
     /// List containers under --root.
     List(ListArgs),
+    /// Change the resource limits (memory, CPU, cpuset, pids) of a created or running container.
+    Update(UpdateArgs),
     /// Write a default config.json into the bundle directory.
     Spec(SpecArgs),
     /// Print the OCI features this runtime supports, as JSON.
@@ -233,6 +235,48 @@ pub struct PsArgs {
     /// Arguments passed to ps(1) for the table format.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub ps_args: Vec<String>,
+}
+
+/// `update` (runc's flags; memory sizes take k/m/g suffixes, `-1` means unlimited).
+#[derive(Debug, Default, Args)]
+pub struct UpdateArgs {
+    /// Container id.
+    pub id: String,
+    /// Runtime-spec `linux.resources` JSON from this file, or `-` for stdin; the flags below
+    /// override its fields.
+    #[arg(short, long, value_name = "FILE|-")]
+    pub resources: Option<PathBuf>,
+    /// Memory limit in bytes (k, m, g suffixes; -1: unlimited).
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory soft limit in bytes (k, m, g suffixes; -1: unlimited).
+    #[arg(
+        long = "memory-reservation",
+        value_name = "BYTES",
+        allow_hyphen_values = true
+    )]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit in bytes (k, m, g suffixes; -1: unlimited swap).
+    #[arg(long = "memory-swap", value_name = "BYTES", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// CPU CFS period in microseconds.
+    #[arg(long = "cpu-period", value_name = "N")]
+    pub cpu_period: Option<u64>,
+    /// CPU CFS quota in microseconds per period (-1: unlimited).
+    #[arg(long = "cpu-quota", value_name = "N", allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share", value_name = "N")]
+    pub cpu_share: Option<u64>,
+    /// CPUs the container may use (e.g. `0-1`, `0,2`).
+    #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use (e.g. `0`).
+    #[arg(long = "cpuset-mems", value_name = "MEMS")]
+    pub cpuset_mems: Option<String>,
+    /// Maximum number of processes (0 or -1: unlimited).
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
 }
 
 /// `list`.

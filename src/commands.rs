@@ -2,6 +2,7 @@
 //! (and the log) and exit code 1.
 
 mod tty;
+mod update;
 mod wait;
 
 use std::collections::HashSet;
@@ -83,6 +84,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Exec(args) => exec(&rt, args),
         Command::Ps(args) => ps(&rt, args).map(|()| 0),
         Command::List(args) => list(&rt, args).map(|()| 0),
+        Command::Update(args) => update::update(&rt, args).map(|()| 0),
         Command::Spec(args) => {
             let rootless = matches!(cli.rootless.as_deref(), Some("true" | "1" | ""));
             write_spec(args, rootless).map(|()| 0)

@@ -315,6 +315,212 @@ fn pids_limit_bounds_forks() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// update
+
+/// True on a unified (cgroup v2) host; this host is v1 (one hierarchy per controller).
+fn cgroup_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The value of a limit file of container cgroup `/kvmbox/<id>`: `v1` in the hierarchy of
+/// controller `ctrl` on a v1 host, `v2` in the unified hierarchy.
+fn cgroup_value(id: &str, ctrl: &str, v1: &str, v2: &str) -> String {
+    let path = if cgroup_v2() {
+        format!("/sys/fs/cgroup/kvmbox/{id}/{v2}")
+    } else {
+        format!("/sys/fs/cgroup/{ctrl}/kvmbox/{id}/{v1}")
+    };
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
+        .trim()
+        .to_string()
+}
+
+fn memory_limit(id: &str) -> String {
+    cgroup_value(id, "memory", "memory.limit_in_bytes", "memory.max")
+}
+
+fn pids_max(id: &str) -> String {
+    cgroup_value(id, "pids", "pids.max", "pids.max")
+}
+
+/// A started container running `sleep 300` in cgroup `/kvmbox/<id>` (named explicitly, so
+/// that a peer runtime puts it at the same place), with `resources` from its config.json.
+fn started_in_known_cgroup(h: &Harness, prefix: &str, resources: Value) -> (String, Bundle) {
+    let bundle = h.bundle(&["sleep", "300"]);
+    let id = h.id(prefix);
+    bundle.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("/kvmbox/{id}"));
+        for (k, v) in resources.as_object().unwrap() {
+            c["linux"]["resources"][k] = v.clone();
+        }
+    });
+    h.run(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .ok();
+    h.run(&["start", &id]).ok();
+    (id, bundle)
+}
+
+/// Run the runtime under test with `args`, feeding `input` on stdin (the harness closes it).
+fn run_with_stdin(h: &Harness, args: &[&str], input: &str) -> common::Outcome {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (exe, mut pre) = match std::env::var_os("KVMBOX_E2E_RUNTIME") {
+        Some(path) => (std::path::PathBuf::from(path), Vec::new()),
+        None => (
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_kvmbox")),
+            vec!["--isolation".to_string(), "namespace".to_string()],
+        ),
+    };
+    pre.splice(0..0, ["--root".to_string(), h.root().display().to_string()]);
+    pre.extend(args.iter().map(|s| s.to_string()));
+    let command = format!("{} {}", exe.display(), pre.join(" "));
+    // `update` starts no process that could keep the pipes open: plain pipes are enough.
+    let mut child = Command::new(&exe)
+        .args(&pre)
+        .current_dir(h.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::Outcome {
+        command,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn update_changes_memory_and_pids_limits_of_a_running_container() {
+    let h = Harness::new();
+    let (id, bundle) = started_in_known_cgroup(&h, "upd", json!({"pids": {"limit": 100}}));
+    assert_eq!(pids_max(&id), "100");
+
+    h.run(&["update", "--memory", "32m", "--pids-limit", "20", &id])
+        .ok();
+    assert_eq!(memory_limit(&id), (32u64 << 20).to_string());
+    assert_eq!(pids_max(&id), "20");
+
+    // runtime-spec LinuxResources JSON on stdin (what containerd's runc shim sends).
+    let json = r#"{"memory": {"limit": 50331648}, "pids": {"limit": 40}}"#;
+    run_with_stdin(&h, &["update", "--resources", "-", &id], json).ok();
+    assert_eq!(memory_limit(&id), "50331648");
+    assert_eq!(pids_max(&id), "40");
+
+    // The new pids limit is enforced: the init and sh are 2 of 4, so 5 background sleeps
+    // cannot all fork.
+    h.run(&["update", "--pids-limit", "4", &id]).ok();
+    let out = h.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 5 ]; do sleep 5 & i=$((i+1)); done; wait; echo all-forked",
+    ]);
+    assert_ne!(
+        out.code,
+        Some(0),
+        "5 forks under pids.max=4 succeeded:\n{out}"
+    );
+    assert!(!out.stdout.contains("all-forked"), "{out}");
+    assert!(out.stderr.contains("fork"), "{out}");
+
+    // -1: unlimited again.
+    h.run(&["update", "--memory", "-1", "--pids-limit", "-1", &id])
+        .ok();
+    let mem = memory_limit(&id);
+    assert!(
+        mem == "max" || mem.parse::<u64>().is_ok_and(|v| v > 1 << 60),
+        "memory limit after --memory -1: {mem}"
+    );
+    assert_eq!(pids_max(&id), "max");
+
+    // A stopped container cannot be updated.
+    h.run(&["kill", &id, "KILL"]).ok();
+    h.wait_status(&id, "stopped");
+    let out = h.run(&["update", "--pids-limit", "5", &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id, "stopped"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    h.run(&["delete", &id]).ok();
+    h.assert_no_leftovers(&id, &bundle);
+}
+
+#[test]
+fn update_changes_cpu_limits_set_at_create() {
+    let h = Harness::new();
+    let cpu = json!({"cpu": {"shares": 512, "quota": 10000, "period": 100000}});
+    let (id, bundle) = started_in_known_cgroup(&h, "updcpu", cpu);
+    h.run(&[
+        "update",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "50000",
+        "--cpu-share",
+        "256",
+        &id,
+    ])
+    .ok();
+    if cgroup_v2() {
+        assert_eq!(cgroup_value(&id, "cpu", "", "cpu.max"), "20000 50000");
+    } else {
+        assert_eq!(cgroup_value(&id, "cpu", "cpu.cfs_quota_us", ""), "20000");
+        assert_eq!(cgroup_value(&id, "cpu", "cpu.cfs_period_us", ""), "50000");
+        assert_eq!(cgroup_value(&id, "cpu", "cpu.shares", ""), "256");
+    }
+    kill_and_delete(&h, &id, &bundle);
+}
+
+#[test]
+fn update_with_bad_input_is_one_clear_error_and_changes_nothing() {
+    let h = Harness::new();
+    let (id, bundle) = started_in_known_cgroup(&h, "updbad", json!({"pids": {"limit": 50}}));
+    let ghost = h.id("ghost");
+    let out = h.run(&["update", "--memory", "32m", &ghost]);
+    if testing_kvmbox() {
+        out.error_line(&[&ghost, "does not exist"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    let out = h.run(&["update", "--memory", "12x", &id]);
+    if testing_kvmbox() {
+        out.error_line(&[&id, "--memory", "12x"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    let out = run_with_stdin(&h, &["update", "--resources", "-", &id], "{\"pids\": ");
+    if testing_kvmbox() {
+        out.error_line(&[&id, "stdin"]);
+    } else {
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    if testing_kvmbox() {
+        // runc accepts an update without any limit (and changes nothing).
+        h.run(&["update", &id])
+            .error_line(&[&id, "no resources given"]);
+        // On cgroup v1 kvmbox creates the cpu hierarchy's cgroup only for CPU limits at create.
+        if !cgroup_v2() {
+            h.run(&["update", "--cpu-quota", "5000", &id])
+                .error_line(&[&id, "cpu"]);
+        }
+    }
+    assert_eq!(pids_max(&id), "50");
+    kill_and_delete(&h, &id, &bundle);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Process and container settings
 
 #[test]
@@ -792,6 +998,7 @@ fn unknown_id_is_an_error_for_every_command() {
         vec!["delete", id.as_str()],
         vec!["exec", id.as_str(), "true"],
         vec!["ps", id.as_str()],
+        vec!["update", "--pids-limit", "5", id.as_str()],
     ] {
         let out = h.run(&args);
         if testing_kvmbox() {

@@ -318,8 +318,9 @@ fn run_relays_stdio_and_exit_status() {
     vm.assert_no_leftovers(&id);
 }
 
-/// create/start/state/exec/ps/kill/delete of one VM container, with checks of exit codes,
-/// a signal exit, stdin, the cgroup v2 memory limit in the guest and an OOM kill (137).
+/// create/start/state/exec/ps/update/kill/delete of one VM container, with checks of exit
+/// codes, a signal exit, stdin, the cgroup v2 memory limit in the guest, an OOM kill (137) and
+/// the limits `update` sets in the guest.
 #[test]
 fn lifecycle_exec_and_memory_limit() {
     let Some(vm) = Vm::new() else { return };
@@ -400,11 +401,29 @@ fn lifecycle_exec_and_memory_limit() {
     );
     out.code(137);
     assert!(out.stderr.to_lowercase().contains("oom"), "{out}");
+    // `update` rewrites the limits of the container's cgroup in the guest.
+    vm.kvmbox(
+        &["update", "--memory", "24m", "--pids-limit", "30", &id],
+        None,
+    )
+    .ok();
+    let out = exec(
+        &[
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/pids.max",
+        ],
+        None,
+    );
+    out.ok();
+    assert_eq!(out.stdout, format!("{}\n30\n", 24u64 << 20), "{out}");
 
     vm.kvmbox(&["delete", &id], None)
         .error_line(&["running", "--force"]);
     vm.kvmbox(&["kill", &id, "KILL"], None).ok();
     vm.wait_status(&id, "stopped");
+    vm.kvmbox(&["update", "--pids-limit", "5", &id], None)
+        .error_line(&[&id, "stopped"]);
     vm.kvmbox(&["delete", &id], None).ok();
     vm.assert_no_leftovers(&id);
     assert!(common::is_zombie_or_gone(vmm_pid as i32));

@@ -721,3 +721,65 @@ fn sigterm_removes_every_container_and_exits() {
     let cg = a.cgroup_parent.trim_start_matches('/').to_string();
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory/{cg}/term")).exists());
 }
+
+/// A limit file of the agent's container `id`: `v1` in the hierarchy of controller `ctrl` on a
+/// cgroup v1 host (this one), `v2` in the unified hierarchy elsewhere.
+fn cgroup_file(a: &Agent, id: &str, ctrl: &str, v1: &str, v2: &str) -> String {
+    let cg = a.cgroup_parent.trim_start_matches('/');
+    let path = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        format!("/sys/fs/cgroup/{cg}/{id}/{v2}")
+    } else {
+        format!("/sys/fs/cgroup/{ctrl}/{cg}/{id}/{v1}")
+    };
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn update_container_writes_new_limits_to_its_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let a = Agent::start();
+    let mut c = a.control();
+    c.create("upd", a.spec(&["sleep", "30"]), StdioSpec::default());
+    c.start("upd");
+    let pids = |a: &Agent| cgroup_file(a, "upd", "pids", "pids.max", "pids.max");
+    let memory = |a: &Agent| cgroup_file(a, "upd", "memory", "memory.limit_in_bytes", "memory.max");
+    assert_eq!(pids(&a), "max");
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(r#"{"memory": {"limit": 33554432}, "pids": {"limit": 20}}"#).unwrap();
+    assert_eq!(
+        c.ok(&Request::UpdateContainer {
+            id: "upd".into(),
+            resources: Box::new(resources),
+        }),
+        ResponseBody::Ok
+    );
+    assert_eq!(pids(&a), "20");
+    assert_eq!(memory(&a), "33554432");
+    // Only the fields present are written: a pids-only update keeps the memory limit.
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(r#"{"pids": {"limit": 7}}"#).unwrap();
+    assert_eq!(
+        c.ok(&Request::UpdateContainer {
+            id: "upd".into(),
+            resources: Box::new(resources.clone()),
+        }),
+        ResponseBody::Ok
+    );
+    assert_eq!(pids(&a), "7");
+    assert_eq!(memory(&a), "33554432");
+    // An unknown container: one error line naming it.
+    let r = c.call(&Request::UpdateContainer {
+        id: "nope".into(),
+        resources: Box::new(resources),
+    });
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("container nope")),
+        "{r:?}"
+    );
+    c.delete("upd");
+}

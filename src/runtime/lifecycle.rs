@@ -1,4 +1,5 @@
-//! The container lifecycle (`create`, `start`, `state`, `kill`, `delete`, `exec`, `ps`, `list`)
+//! The container lifecycle (`create`, `start`, `state`, `kill`, `delete`, `exec`, `ps`, `list`,
+//! `update`)
 //! on top of the state store and the shared container setup. Used by the CLI and the shim.
 //!
 //! [`Runtime::create`] and [`Runtime::exec`] clone the container process from the calling
@@ -15,7 +16,7 @@ use std::time::Duration;
 use guest_agent::container::{self, CreateRequest, ExecRequest, OciState, Status};
 use nix::errno::Errno;
 use nix::unistd::Pid;
-use oci_spec::runtime::{Hook, Hooks, Process};
+use oci_spec::runtime::{Hook, Hooks, LinuxResources, Process};
 use serde::Serialize;
 
 use super::bundle::Bundle;
@@ -23,6 +24,7 @@ use super::cgroup::resolve_cgroup_path;
 use super::error::{Result, RuntimeError};
 use super::id::validate_id;
 use super::process::{start_time, wait_exited};
+use super::resources::{has_updatable_limit, ignored_fields, missing_v1_controllers, CGROUP_ROOT};
 use super::state::{ContainerRecord, StateStore};
 use super::vm::lifecycle as vm;
 use super::vm::{InitStdio, VmSettings};
@@ -460,6 +462,47 @@ impl Runtime {
         Ok(pids)
     }
 
+    /// Change the resource limits of a created or running container, as `runc update`: the
+    /// memory, CPU, cpuset and pids fields set in `resources` are written to its cgroup (in
+    /// the guest with `--isolation vm`); other fields are ignored with a warning.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        validate_id(id)?;
+        let dir = self.store.lock(id)?;
+        let record = dir.read()?;
+        if !has_updatable_limit(resources) {
+            return Err(RuntimeError::Invalid(format!(
+                "container {id}: update: the resources set no memory, cpu, cpuset or pids limit"
+            )));
+        }
+        let ignored = ignored_fields(resources);
+        if !ignored.is_empty() {
+            tracing::warn!(
+                id,
+                "update ignores linux.resources fields: {}",
+                ignored.join(", ")
+            );
+        }
+        if record.isolation == Isolation::Vm {
+            return vm::update(&record, resources);
+        }
+        if record.status() == Status::Stopped {
+            return Err(stopped_update(id));
+        }
+        let missing =
+            missing_v1_controllers(Path::new(CGROUP_ROOT), &record.cgroup_path, resources);
+        if !missing.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {id}: update: its cgroup has no {} controller directory (on cgroup v1 \
+                 kvmbox creates it only when config.json sets such limits at create)",
+                missing.join(" or ")
+            )));
+        }
+        container::update_cgroup(&record.cgroup_path, resources)
+            .map_err(|e| RuntimeError::container(id, e))?;
+        tracing::debug!(id, cgroup = %record.cgroup_path, "container resources updated");
+        Ok(())
+    }
+
     /// Every container under the root (unreadable entries are skipped with a warning).
     pub fn list(&self) -> Result<Vec<ContainerInfo>> {
         let mut out = Vec::new();
@@ -471,6 +514,15 @@ impl Runtime {
             }
         }
         Ok(out)
+    }
+}
+
+/// The error of `update` on a stopped container (runc refuses it too).
+pub(crate) fn stopped_update(id: &str) -> RuntimeError {
+    RuntimeError::WrongStatus {
+        id: id.to_string(),
+        status: "stopped".into(),
+        msg: "cannot update a stopped container",
     }
 }
 
@@ -619,6 +671,10 @@ mod tests {
         assert!(rt.store().ids().unwrap().is_empty());
     }
 
+    fn pids_limit(n: i64) -> LinuxResources {
+        serde_json::from_value(serde_json::json!({"pids": {"limit": n}})).unwrap()
+    }
+
     #[test]
     fn unknown_ids_are_reported() {
         let tmp = tempfile::tempdir().unwrap();
@@ -629,6 +685,7 @@ mod tests {
             rt.delete("nope", true).unwrap_err(),
             rt.state("nope").unwrap_err(),
             rt.ps("nope").unwrap_err(),
+            rt.update("nope", &pids_limit(5)).unwrap_err(),
         ] {
             assert_eq!(err.to_string(), "container nope does not exist");
         }
@@ -675,6 +732,16 @@ mod tests {
         assert_eq!(
             rt.start("s").unwrap_err().to_string(),
             "container s is stopped: cannot start a container that has stopped"
+        );
+        assert_eq!(
+            rt.update("s", &pids_limit(5)).unwrap_err().to_string(),
+            "container s is stopped: cannot update a stopped container"
+        );
+        assert_eq!(
+            rt.update("s", &LinuxResources::default())
+                .unwrap_err()
+                .to_string(),
+            "container s: update: the resources set no memory, cpu, cpuset or pids limit"
         );
         let info = rt.state("s").unwrap();
         assert_eq!(info.status, Status::Stopped);
@@ -729,6 +796,10 @@ mod tests {
         assert_eq!(
             rt.ps("v").unwrap_err().to_string(),
             "container v is not running"
+        );
+        assert_eq!(
+            rt.update("v", &pids_limit(5)).unwrap_err().to_string(),
+            "container v is stopped: cannot update a stopped container"
         );
         rt.delete("v", false).unwrap();
         assert!(!rt.store().dir("v").exists());

@@ -9,6 +9,7 @@ pub mod features;
 pub mod id;
 pub mod lifecycle;
 pub mod process;
+pub mod resources;
 pub mod signal;
 pub mod spec;
 pub mod state;

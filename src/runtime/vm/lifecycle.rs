@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use guest_agent::container::{self, Status};
 use guest_agent::protocol::{ProcessRef, Request, ResponseBody};
-use oci_spec::runtime::{Hook, Hooks, Process, Spec};
+use oci_spec::runtime::{Hook, Hooks, LinuxResources, Process, Spec};
 
 use super::client::{AgentClient, AgentError, AgentTarget};
 use super::stdio::{fork_relay, HostEnd, HostPty, ProcessStreams};
@@ -15,7 +15,7 @@ use crate::runtime::bundle::{Bundle, CONFIG_FILE};
 use crate::runtime::cgroup::resolve_cgroup_path;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::id::validate_id;
-use crate::runtime::lifecycle::{send_signal, write_pid_file, CreateOptions};
+use crate::runtime::lifecycle::{send_signal, stopped_update, write_pid_file, CreateOptions};
 use crate::runtime::process::{is_same_live_process, start_time, wait_exited};
 use crate::runtime::state::{ContainerDir, ContainerRecord, StateStore, VmRecord};
 use crate::runtime::Isolation;
@@ -931,6 +931,27 @@ pub fn ps(record: &ContainerRecord) -> Result<Vec<i32>> {
         }
         other => Err(agent_err(id)(AgentError::Unexpected(format!("{other:?}")))),
     }
+}
+
+/// `update`: the agent writes `resources` to the container's cgroup v2 in the guest. A
+/// stopped container (its process exited, or its VMM is gone) is refused.
+pub fn update(record: &ContainerRecord, resources: &LinuxResources) -> Result<()> {
+    let id = &record.id;
+    if status(record)? == Status::Stopped {
+        return Err(stopped_update(id));
+    }
+    let mut client = AgentClient::connect(&target_of(record)?).map_err(|e| match e {
+        AgentError::VmmGone { .. } => stopped_update(id),
+        e => agent_err(id)(e),
+    })?;
+    client
+        .request_ok(&Request::UpdateContainer {
+            id: id.clone(),
+            resources: Box::new(resources.clone()),
+        })
+        .map_err(agent_err(id))?;
+    tracing::debug!(id, "container resources updated in the microVM");
+    Ok(())
 }
 
 #[cfg(test)]
