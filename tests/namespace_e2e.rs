@@ -483,6 +483,34 @@ fn update_changes_cpu_limits_set_at_create() {
     kill_and_delete(&h, &id, &bundle);
 }
 
+/// Raising memory and memory+swap together: on cgroup v1 the memory limit may never exceed
+/// memory+swap, so the larger memory+swap limit has to be written first.
+#[test]
+fn update_raises_memory_and_swap_together() {
+    let h = Harness::new();
+    let mem = json!({"memory": {"limit": 32u64 << 20, "swap": 32u64 << 20}});
+    let (id, bundle) = started_in_known_cgroup(&h, "updswap", mem);
+    h.run(&["update", "--memory", "64m", "--memory-swap", "96m", &id])
+        .ok();
+    assert_eq!(memory_limit(&id), (64u64 << 20).to_string());
+    let swap = if cgroup_v2() {
+        cgroup_value(&id, "memory", "", "memory.swap.max")
+    } else {
+        cgroup_value(&id, "memory", "memory.memsw.limit_in_bytes", "")
+    };
+    let want = if cgroup_v2() {
+        32u64 << 20
+    } else {
+        96u64 << 20
+    };
+    assert_eq!(swap, want.to_string());
+    // And back down: memory first, then memory+swap.
+    h.run(&["update", "--memory", "16m", "--memory-swap", "16m", &id])
+        .ok();
+    assert_eq!(memory_limit(&id), (16u64 << 20).to_string());
+    kill_and_delete(&h, &id, &bundle);
+}
+
 #[test]
 fn update_with_bad_input_is_one_clear_error_and_changes_nothing() {
     let h = Harness::new();

@@ -1,4 +1,4 @@
-//! Container cgroup operations for Stats, Pause/Resume and Update, on the cgroup of the
+//! Container cgroup operations for Stats and Pause/Resume (and Update's input), on the cgroup of the
 //! container's init (cgroup v1 or v2, whatever the host has), through cgroups-rs and the
 //! containerd-shim crate's conversions into containerd's metrics types.
 
@@ -9,7 +9,7 @@ use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode;
 use cgroups_rs::fs::Cgroup;
-use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup, update_resources};
+use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::util::convert_to_any;
 use oci_spec::runtime::LinuxResources;
@@ -135,14 +135,6 @@ fn set_frozen_v1(cgroup_path: &str, pids: &[i32], frozen: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// Apply containerd's Update resources (an Any holding runtime-spec LinuxResources as JSON).
-pub fn update(pid: i32, resources: &Any) -> Result<()> {
-    let parsed = parse_resources(resources)?;
-    let cgroup = cgroup_of(pid)?;
-    update_resources(&cgroup, &parsed)?;
-    Ok(())
 }
 
 /// containerd's Update resources: runtime-spec LinuxResources as JSON in an Any.

@@ -707,16 +707,15 @@ impl Inner {
         cgroups::stats(pid)
     }
 
-    /// Update: the container's cgroup, on the host (namespace) or in the guest (vm).
+    /// Update: as `kvmbox update`, the container's cgroup on the host (namespace) or in the
+    /// guest (vm, through the agent).
     fn update(&self, req: &UpdateTaskRequest) -> Result<()> {
-        let pid = self.running_init_pid(&req.id)?;
+        self.running_init_pid(&req.id)?;
         let resources = req.resources.as_ref().ok_or_else(|| {
             ShimError::InvalidArgument(format!("update {}: no resources", req.id))
         })?;
-        if self.container(&req.id)?.isolation == Isolation::Vm {
-            return vm::update(&self.vm_target(&req.id)?, &req.id, resources);
-        }
-        cgroups::update(pid, resources)
+        let resources = cgroups::parse_resources(resources)?;
+        Ok(self.runtime.update(&req.id, &resources)?)
     }
 }
 

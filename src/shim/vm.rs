@@ -122,19 +122,6 @@ pub fn set_paused(target: &AgentTarget, id: &str, paused: bool) -> Result<()> {
         .map_err(|e| agent_error(&format!("{what} {id}"), e))
 }
 
-/// Apply containerd's Update (an Any holding runtime-spec LinuxResources JSON) to container `id`
-/// in the guest: the agent writes the fields present to the container's cgroup v2.
-pub fn update(target: &AgentTarget, id: &str, resources: &Any) -> Result<()> {
-    let resources = super::cgroups::parse_resources(resources)?;
-    let request = Request::UpdateContainer {
-        id: id.to_string(),
-        resources: Box::new(resources),
-    };
-    AgentClient::connect(target)
-        .and_then(|mut c| c.request_ok(&request))
-        .map_err(|e| agent_error(&format!("update {id}"), e))
-}
-
 /// containerd's `io.containerd.cgroups.v2.Metrics` of container `id`, from the agent's
 /// cgroup v2 Stats.
 pub fn stats(target: &AgentTarget, id: &str) -> Result<Any> {

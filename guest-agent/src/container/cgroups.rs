@@ -255,13 +255,26 @@ impl Cgroup {
                     self.write_swap(&value, "memory.swap.max")?;
                 }
             } else {
+                // memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes: when the
+                // new limit is above the current memory+swap limit, raise that one first.
+                let swap = mem.swap().filter(|s| *s != 0);
+                let swap_first = swap.is_some()
+                    && limit.is_some_and(|l| {
+                        l < 0 || self.memsw_limit().is_some_and(|cur| l as u64 > cur)
+                    });
+                if swap_first {
+                    self.write_swap(
+                        &swap.unwrap_or_default().to_string(),
+                        "memory.memsw.limit_in_bytes",
+                    )?;
+                }
                 if let Some(l) = limit {
                     self.write_ctrl("memory", "memory.limit_in_bytes", &l.to_string())?;
                 }
                 if let Some(r) = mem.reservation().filter(|r| *r != 0) {
                     self.write_ctrl("memory", "memory.soft_limit_in_bytes", &r.to_string())?;
                 }
-                if let Some(swap) = mem.swap().filter(|s| *s != 0) {
+                if let Some(swap) = swap.filter(|_| !swap_first) {
                     self.write_swap(&swap.to_string(), "memory.memsw.limit_in_bytes")?;
                 }
                 if let Some(sw) = mem.swappiness().filter(|s| *s <= 100) {
@@ -281,6 +294,16 @@ impl Cgroup {
             self.write_ctrl("pids", "pids.max", &value)?;
         }
         Ok(())
+    }
+
+    /// The current v1 memory+swap limit, if swap accounting is on.
+    fn memsw_limit(&self) -> Option<u64> {
+        let dir = self.dir_of("memory")?;
+        fs::read_to_string(dir.join("memory.memsw.limit_in_bytes"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Swap accounting may be compiled out or disabled: skip (with a log line) if the file is
