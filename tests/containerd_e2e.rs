@@ -637,7 +637,6 @@ fn exec_ps_metrics_pause_kill_and_delete() {
     let mut want = vec!["/tasks/create", "/tasks/start"];
     want.extend(exec);
     want.extend(exec);
-    want.extend(exec); // the terminal exec
     want.extend(["/tasks/paused", "/tasks/resumed"]);
     want.extend(["/tasks/exec-added", "/tasks/exec-started"]);
     want.extend(["/tasks/exit", "/tasks/exit", "/tasks/delete"]);
