@@ -49,15 +49,10 @@ pub struct Cli {
     /// Enable debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Isolation model for new containers (existing containers keep the one they were created with).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "vm",
-        env = "KVMBOX_ISOLATION"
-    )]
-    pub isolation: Isolation,
+    /// Isolation model for new containers (existing containers keep the one they were created
+    /// with); default: the config file's `isolation`, else vm.
+    #[arg(long, global = true, value_enum, env = "KVMBOX_ISOLATION")]
+    pub isolation: Option<Isolation>,
     /// With `--isolation vm`: seconds to wait for the guest agent to answer (boot included);
     /// default from the config file or the built-in default.
     #[arg(long = "agent-timeout", global = true, value_name = "SECS")]

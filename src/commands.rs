@@ -25,6 +25,7 @@ use crate::runtime::{
     bundle, features, parse_signal, spec, Bundle, CreateOptions, ExecOptions, Isolation, Runtime,
     RuntimeError, Status,
 };
+use crate::vm_launch::config_file::configured_isolation;
 
 use tty::TtyProxy;
 use wait::{become_subreaper, wait_forwarding, BlockedSignals};
@@ -59,8 +60,21 @@ fn one_line(msg: &str) -> String {
         .join("; ")
 }
 
+/// The isolation of containers this command creates: `--isolation` / `$KVMBOX_ISOLATION`,
+/// else the config file's, else vm. Only `create` and `run` create; other commands use the
+/// isolation each container records, and do not read the config file.
+fn isolation_for_new(cli: &Cli) -> Result<Isolation> {
+    if let Some(isolation) = cli.isolation {
+        return Ok(isolation);
+    }
+    if !matches!(cli.command, Command::Create(_) | Command::Run(_)) {
+        return Ok(Isolation::Vm);
+    }
+    Ok(configured_isolation()?.unwrap_or(Isolation::Vm))
+}
+
 fn dispatch(cli: &Cli) -> Result<i32> {
-    let rt = Runtime::new(&cli.root, cli.isolation).with_vm_settings(vm_settings(cli));
+    let rt = Runtime::new(&cli.root, isolation_for_new(cli)?).with_vm_settings(vm_settings(cli));
     match &cli.command {
         Command::Create(args) => create(&rt, args).map(|_| 0),
         Command::Start(args) => rt.start(&args.id).map(|()| 0).map_err(Into::into),

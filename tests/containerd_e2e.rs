@@ -840,14 +840,43 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
 }
 
 /// A vm container whose shim is SIGKILLed: containerd runs `shim delete`, which stops the VM
-/// and removes everything.
+/// and removes everything. The container is configured by runtime options only (no
+/// annotation): its config file chooses vm and sizes the guest.
 #[test]
 fn vm_shim_killed_stops_the_vm() {
     let mut ctrd = Containerd::start();
     ctrd.timeout = VM_CTR_TIMEOUT;
     let c = id("vm-orphan");
-    ctrd.run_in(VM_MODE, &["-d"], &c, &["sleep", "1000"]).ok();
+    let config = ctrd.dir.join("kvmbox-vm.toml");
+    fs::write(&config, "isolation = \"vm\"\nmemory_mib = 144\n").unwrap();
+    let fifo = ctrd.dir.join("fifo");
+    ctrd.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        config.to_str().unwrap(),
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        "-d",
+        IMAGE_NAME,
+        &c,
+        "sleep",
+        "1000",
+    ])
+    .ok();
     let (vmm_pid, _) = ctrd.task(&c).expect("task listed");
+    let vm_json = ctrd
+        .dir
+        .join("kvmbox")
+        .join(&ctrd.namespace)
+        .join(&c)
+        .join("vm.json");
+    let vm_json = fs::read_to_string(&vm_json).expect("vm.json");
+    assert!(
+        vm_json.contains("\"memory_mib\": 144") || vm_json.contains("\"memory_mib\":144"),
+        "guest memory not from the runtime options' config file: {vm_json}"
+    );
     assert_eq!(vmms_mentioning(&c), vec![vmm_pid], "one VMM for {c}");
     sigkill_the_shim_of(&c);
     ctrd.wait_task(&c, None);

@@ -201,6 +201,56 @@ fn run_exit_code_zero() {
     run(&h, &bundle, "exit0").code(0);
 }
 
+/// The config file's `isolation` is the default for new containers when neither
+/// `--isolation` nor `$KVMBOX_ISOLATION` is given; a bad file fails `run` naming it, leaving
+/// nothing, and commands that create nothing do not read it.
+#[test]
+fn config_file_isolation_is_the_default_for_new_containers() {
+    if !testing_kvmbox() {
+        return;
+    }
+    let h = Harness::new();
+    let bundle = h.bundle(&["uname", "-r"]);
+    let kvmbox = |config: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvmbox"))
+            .env("KVMBOX_CONFIG", config)
+            .env_remove("KVMBOX_ISOLATION")
+            .arg("--root")
+            .arg(h.root())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kvmbox");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = h.dir().join("namespace.toml");
+    fs::write(&config, "isolation = \"namespace\"\n").unwrap();
+    let id = h.id("cfgns");
+    let bundle_dir = bundle.dir.to_str().unwrap();
+    let (code, stdout, stderr) = kvmbox(&config, &["run", "--bundle", bundle_dir, &id]);
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), host.release().to_string_lossy(), "{stderr}");
+    h.assert_no_leftovers(&id, &bundle);
+
+    let bad = h.dir().join("bad-isolation.toml");
+    fs::write(&bad, "isolation = \"kvm\"\n").unwrap();
+    let id = h.id("cfgbad");
+    let (code, _, stderr) = kvmbox(&bad, &["run", "--bundle", bundle_dir, &id]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad-isolation.toml") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    h.assert_no_leftovers(&id, &bundle);
+    let (code, _, stderr) = kvmbox(&bad, &["list"]);
+    assert_eq!(code, Some(0), "list read the config file: {stderr}");
+}
+
 #[test]
 fn run_exit_code_seven() {
     let h = Harness::new();

@@ -123,7 +123,7 @@ impl Plan {
                 }
             }
             m
-        } else if cli.isolation == Isolation::Namespace {
+        } else if cli.isolation == Some(Isolation::Namespace) {
             vec![Namespace, Runc, Crun]
         } else {
             vec![Namespace, Runc, Crun, Vm, VmmBoot, QemuBoot]

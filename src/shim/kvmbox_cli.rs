@@ -43,6 +43,8 @@ struct Output {
 pub struct Kvmbox {
     binary: PathBuf,
     root: PathBuf,
+    /// A kvmbox config file passed as `KVMBOX_CONFIG` (from containerd's runtime options).
+    config: Option<PathBuf>,
 }
 
 impl Kvmbox {
@@ -56,7 +58,16 @@ impl Kvmbox {
         Ok(Kvmbox {
             binary,
             root: root.into(),
+            config: None,
         })
+    }
+
+    /// The same, running `kvmbox` with `KVMBOX_CONFIG=<config>` when given.
+    pub fn with_config(&self, config: Option<&Path>) -> Kvmbox {
+        Kvmbox {
+            config: config.map(Path::to_path_buf),
+            ..self.clone()
+        }
     }
 
     /// The state root (`kvmbox --root`).
@@ -69,7 +80,6 @@ impl Kvmbox {
     pub fn create(
         &self,
         isolation: Isolation,
-        config: Option<&Path>,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
@@ -88,7 +98,7 @@ impl Kvmbox {
         };
         let mut all: Vec<OsString> = vec!["--isolation".into(), flag.into()];
         all.extend(args);
-        self.run_with_stdio(&format!("create {id}"), all, config, stdio)
+        self.run_with_stdio(&format!("create {id}"), all, stdio)
     }
 
     /// `kvmbox exec --detach -p process.json`: the new process inherits `stdio`.
@@ -107,7 +117,7 @@ impl Kvmbox {
             args.extend(["--console-socket".into(), socket.into()]);
         }
         args.push(id.into());
-        self.run_with_stdio(&format!("exec {id}"), args, None, stdio)
+        self.run_with_stdio(&format!("exec {id}"), args, stdio)
     }
 
     /// `kvmbox start`.
@@ -131,6 +141,9 @@ impl Kvmbox {
         // `--isolation` matters only to create; the other commands follow the container's
         // state.json.
         cmd.arg("--root").arg(&self.root);
+        if let Some(config) = &self.config {
+            cmd.env(CONFIG_ENV, config);
+        }
         cmd
     }
 
@@ -152,14 +165,7 @@ impl Kvmbox {
     }
 
     /// Run with the container's stdio; kvmbox's error comes from its JSON log file.
-    /// Run `kvmbox <args>` with `stdio`; `config` is passed as `KVMBOX_CONFIG`.
-    fn run_with_stdio(
-        &self,
-        what: &str,
-        args: Vec<OsString>,
-        config: Option<&Path>,
-        stdio: ChildStdio,
-    ) -> Result<()> {
+    fn run_with_stdio(&self, what: &str, args: Vec<OsString>, stdio: ChildStdio) -> Result<()> {
         fs::create_dir_all(&self.root)
             .map_err(|e| ShimError::io("create state root", &self.root, e))?;
         let log = tempfile::Builder::new()
@@ -168,9 +174,6 @@ impl Kvmbox {
             .tempfile_in(&self.root)
             .map_err(|e| ShimError::io("create log file in", &self.root, e))?;
         let mut cmd = self.command();
-        if let Some(config) = config {
-            cmd.env(CONFIG_ENV, config);
-        }
         cmd.arg("--log")
             .arg(log.path())
             .args(["--log-format", "json"])

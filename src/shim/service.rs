@@ -326,9 +326,8 @@ impl Inner {
             None
         };
         let pid_file = bundle.join("init.pid");
-        self.kvmbox.create(
+        self.kvmbox.with_config(config).create(
             isolation,
-            config,
             id,
             bundle,
             &pid_file,

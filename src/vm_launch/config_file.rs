@@ -115,6 +115,15 @@ impl ConfigFile {
     }
 }
 
+/// The isolation for new containers set by the config file (`KVMBOX_CONFIG`, else the default
+/// path), if any.
+pub fn configured_isolation() -> Result<Option<Isolation>, VmLaunchError> {
+    let named = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
+    let required = named.is_some();
+    let path = named.map_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH), PathBuf::from);
+    Ok(ConfigFile::load(&path, required)?.isolation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
