@@ -46,6 +46,12 @@ fn add_blob(layout: &Path, path: &Path) -> (String, u64) {
 
 /// Build the image tar at `work/image.tar` (scratch files go under `work`) and return its path.
 pub fn build_busybox_image(work: &Path) -> std::path::PathBuf {
+    build_busybox_image_as(work, IMAGE_NAME, &["sh"])
+}
+
+/// Build the busybox image named `name` whose config's `Cmd` is `cmd` (e.g. a long-running
+/// command for a CRI pod sandbox image) at `work/image.tar`; scratch files go under `work`.
+pub fn build_busybox_image_as(work: &Path, name: &str, cmd: &[&str]) -> std::path::PathBuf {
     let rootfs = work.join("image-rootfs");
     for dir in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
         fs::create_dir_all(rootfs.join(dir)).expect("create rootfs dir");
@@ -82,7 +88,7 @@ pub fn build_busybox_image(work: &Path) -> std::path::PathBuf {
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "config": {"Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let config_path = work.join("config.json");
@@ -107,8 +113,8 @@ pub fn build_busybox_image(work: &Path) -> std::path::PathBuf {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest, "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": IMAGE_NAME,
-                            "org.opencontainers.image.ref.name": "e2e"},
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": name.rsplit(':').next()},
         }],
     });
     fs::write(layout.join("index.json"), index.to_string()).expect("write index.json");
