@@ -79,6 +79,8 @@ fn shim_dir() -> PathBuf {
 /// stopped and everything it left removed on drop.
 struct Node {
     dir: PathBuf,
+    /// KVMBOX_SHIM_ROOT: kept short, see [`Node::start`].
+    shim_root: PathBuf,
     child: Option<Child>,
     /// Parent cgroup of this node's pods (cgroupfs style, as kubelet's `cgroup_parent`).
     cgroup_parent: String,
@@ -96,6 +98,11 @@ impl Node {
         for sub in ["cni/bin", "cni/conf", "pods"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
+        // A VM's vsock socket is `<KVMBOX_SHIM_ROOT>/k8s.io/<id>/vsock.sock`, and CRI's ids
+        // are 64 characters: the root must stay short for the path to fit a sockaddr_un (108
+        // bytes; the default /run/containerd/kvmbox leaves 2 to spare).
+        let shim_root = PathBuf::from(format!("/tmp/kvc{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&shim_root);
         let t = dir.display().to_string();
         fs::write(dir.join("kvmbox-vm.toml"), "isolation = \"vm\"\n").unwrap();
         fs::write(
@@ -160,7 +167,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
-            .env("KVMBOX_SHIM_ROOT", dir.join("kvmbox"))
+            .env("KVMBOX_SHIM_ROOT", &shim_root)
             // Boots are slow on a loaded machine: let vm-mode creates wait for the agent.
             .env("KVMBOX_AGENT_TIMEOUT", "600")
             .stdin(Stdio::null())
@@ -196,6 +203,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
         let node = Node {
             cgroup_parent: format!("/kvmbox-cri-{}-{n}", std::process::id()),
             dir,
+            shim_root,
             child: Some(child),
             tokio,
             runtime,
@@ -305,7 +313,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
 
     /// kvmbox's state root for CRI's containers.
     fn kvmbox_root(&self) -> PathBuf {
-        self.dir.join("kvmbox").join(K8S_NAMESPACE)
+        self.shim_root.join(K8S_NAMESPACE)
     }
 
     /// The host cgroup directory of container `id` in `controller` (cgroup v1).
@@ -407,12 +415,15 @@ impl Drop for Node {
                 let _ = fs::remove_file(socket.trim_start_matches("unix://"));
             }
         }
-        let dir = self.dir.display().to_string();
+        let dirs = [&self.dir, &self.shim_root].map(|d| d.display().to_string());
         let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-            .filter(|m| m == &dir || m.starts_with(&format!("{dir}/")))
+            .filter(|m| {
+                dirs.iter()
+                    .any(|d| m == d || m.starts_with(&format!("{d}/")))
+            })
             .collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
@@ -424,6 +435,7 @@ impl Drop for Node {
                 let _ = fs::remove_dir(h.path().join(self.cgroup_parent.trim_start_matches('/')));
             }
         }
+        let _ = fs::remove_dir_all(&self.shim_root);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -655,8 +667,8 @@ fn container_state(node: &Node, id: &str) -> i32 {
     status.status.expect("container status").state
 }
 
-/// ContainerStats: (working set bytes, CPU usage ns) if reported.
-fn container_stats(node: &Node, id: &str) -> (Option<u64>, Option<u64>) {
+/// ContainerStats: (working set bytes, available bytes, CPU usage ns) where reported.
+fn container_stats(node: &Node, id: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
     let req = ContainerStatsRequest {
         container_id: id.to_string(),
     };
@@ -667,15 +679,16 @@ fn container_stats(node: &Node, id: &str) -> (Option<u64>, Option<u64>) {
         .stats
         .expect("container stats");
     eprintln!("cri: ContainerStats {id}: {stats:?}");
-    let memory = stats
-        .memory
-        .and_then(|m| m.working_set_bytes)
-        .map(|v| v.value);
+    let memory = stats.memory.unwrap_or_default();
     let cpu = stats
         .cpu
         .and_then(|c| c.usage_core_nano_seconds)
         .map(|v| v.value);
-    (memory, cpu)
+    (
+        memory.working_set_bytes.map(|v| v.value),
+        memory.available_bytes.map(|v| v.value),
+        cpu,
+    )
 }
 
 /// UpdateContainerResources with a new memory limit (and the CPU share kept).
@@ -772,11 +785,19 @@ fn namespace_pod_through_cri() {
     let (code, _, _) = exec_sync(&node, CALL_TIMEOUT, &pod.container, &["sh", "-c", "exit 3"]);
     assert_eq!(code, 3);
 
-    let (memory, cpu) = container_stats(&node, &pod.container);
+    let (memory, available, cpu) = container_stats(&node, &pod.container);
     assert!(memory.is_some_and(|m| m > 0), "memory: {memory:?}");
     assert!(cpu.is_some_and(|c| c > 0), "cpu: {cpu:?}");
+    // No limit yet: CRI reports nothing available (0), not a wrapped-around limit.
+    assert_eq!(available, Some(0), "available bytes without a limit");
 
     update_memory_limit(&node, &pod.container, 64 << 20);
+    let (memory, available, _) = container_stats(&node, &pod.container);
+    assert_eq!(
+        available.zip(memory).map(|(a, m)| a + m),
+        Some(64 << 20),
+        "available + working set is the new limit"
+    );
     let limit = node
         .cgroup_dir("memory", &pod.container)
         .join("memory.limit_in_bytes");
@@ -821,11 +842,17 @@ fn vm_pod_through_cri() {
     let (code, _, _) = exec_sync(&node, CALL_TIMEOUT, &pod.container, &["sh", "-c", "exit 3"]);
     assert_eq!(code, 3);
 
-    let (memory, cpu) = container_stats(&node, &pod.container);
+    let (memory, _, cpu) = container_stats(&node, &pod.container);
     assert!(memory.is_some_and(|m| m > 0), "memory: {memory:?}");
     assert!(cpu.is_some_and(|c| c > 0), "cpu: {cpu:?}");
 
     update_memory_limit(&node, &pod.container, 48 << 20);
+    let (memory, available, _) = container_stats(&node, &pod.container);
+    assert_eq!(
+        available.zip(memory).map(|(a, m)| a + m),
+        Some(48 << 20),
+        "available + working set is the new limit"
+    );
     let (code, out, err) = exec_sync(
         &node,
         CALL_TIMEOUT,

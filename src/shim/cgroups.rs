@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode;
+use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::Cgroup;
 use containerd_shim::cgroup::{collect_metrics, collect_metrics_v2, get_cgroup};
+use containerd_shim::protos::cgroups::metrics::Metrics;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::util::convert_to_any;
 use oci_spec::runtime::LinuxResources;
@@ -48,6 +50,7 @@ pub fn stats(pid: i32) -> Result<Any> {
         convert_to_any(Box::new(collect_metrics_v2(&cgroup)?))?
     } else {
         let mut metrics = collect_metrics(&cgroup)?;
+        add_v1_memory_details(&cgroup, &mut metrics);
         metrics.cpu.clear();
         // The crate's v1 collector parses only cgroup v2's cpu.stat keys: take CPU usage
         // from cpuacct.
@@ -72,6 +75,29 @@ pub fn stats(pid: i32) -> Result<Any> {
         convert_to_any(Box::new(metrics))?
     };
     Ok(any)
+}
+
+/// The crate's v1 collector fills only the memory usage: add the limit (CRI reports
+/// `available_bytes` as limit minus working set, so a missing limit of 0 wraps around to ~2^64)
+/// and the RSS and page-fault counters CRI reports.
+fn add_v1_memory_details(cgroup: &Cgroup, metrics: &mut Metrics) {
+    let (Some(memory), Some(ctrl)) = (
+        metrics.memory.as_mut(),
+        cgroup.controller_of::<MemController>(),
+    ) else {
+        return;
+    };
+    let stat = ctrl.memory_stat();
+    memory.usage.mut_or_insert_default().limit = u64::try_from(stat.limit_in_bytes).unwrap_or(0);
+    memory.usage.mut_or_insert_default().max = stat.max_usage_in_bytes;
+    memory.rss = stat.stat.rss;
+    memory.total_rss = stat.stat.total_rss;
+    memory.cache = stat.stat.cache;
+    memory.total_cache = stat.stat.total_cache;
+    memory.pg_fault = stat.stat.pgfault;
+    memory.total_pg_fault = stat.stat.total_pgfault;
+    memory.pg_maj_fault = stat.stat.pgmajfault;
+    memory.total_pg_maj_fault = stat.stat.total_pgmajfault;
 }
 
 /// Freeze (`true`) or thaw the container whose init is `pid`, whose cgroup path is
