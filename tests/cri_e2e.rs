@@ -162,18 +162,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
             std::env::var("PATH").unwrap_or_default()
         );
         let log = fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .env("PATH", path)
-            .env("KVMBOX_SHIM_ROOT", &shim_root)
-            // Boots are slow on a loaded machine: let vm-mode creates wait for the agent.
-            .env("KVMBOX_AGENT_TIMEOUT", "600")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = StartGuard(
+            Some(
+                Command::new("containerd")
+                    .arg("--config")
+                    .arg(dir.join("config.toml"))
+                    .env("PATH", path)
+                    .env("KVMBOX_SHIM_ROOT", &shim_root)
+                    // Boots are slow on a loaded machine: let vm-mode creates wait for the agent.
+                    .env("KVMBOX_AGENT_TIMEOUT", "600")
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("start containerd"),
+            ),
+            dir.clone(),
+        );
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -203,7 +208,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
             cgroup_parent: format!("/kvmbox-cri-{}-{n}", std::process::id()),
             dir,
             shim_root,
-            child: Some(child),
+            child: child.disarm(),
             tokio,
             runtime,
             images,
@@ -375,6 +380,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
                 self.log_tail(40)
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Kills containerd (started by [`Node::start`]) and removes its directory if the start fails
+/// before the node owns them (the failure message carries containerd's log).
+struct StartGuard(Option<Child>, PathBuf);
+
+impl StartGuard {
+    fn disarm(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = fs::remove_dir_all(&self.1);
         }
     }
 }
