@@ -455,6 +455,22 @@ impl Containerd {
         (child.wait().unwrap().code(), text)
     }
 
+    /// `ctr <args> sh -c SCRIPT` on a 33x91 pty: the process has a pty of that size (ctr
+    /// forwards it with ResizePty) and its exit code (4) comes back.
+    fn check_terminal(&self, args: &[&str]) {
+        let script = "sleep 1; tty; stty size < /dev/tty; exit 4";
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["sh", "-c", script]);
+        let (code, text) = self.ctr_on_pty(&args, 33, 91);
+        assert_eq!(code, Some(4), "{text}");
+        assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", self.log());
+        assert!(
+            text.contains("33 91"),
+            "size not forwarded: {text}\n{}",
+            self.log()
+        );
+    }
+
     /// Send the shim of task `id` an Update with runtime-spec LinuxResources `resources`, as
     /// containerd does for `UpdateContainerResources` (ctr 1.6 has no update command).
     fn update_through_the_shim(&self, id: &str, resources: &str) -> Result<(), String> {
@@ -746,28 +762,7 @@ fn vm_run_rm_with_exec_ps_metrics_pause_and_kill_in_one_vm() {
     assert_eq!(data["memory"]["usage_limit"], 50331648u64, "{metrics:#?}");
 
     // `ctr task exec -t`: a pty in the guest, sized by ResizePty (→ the agent's ResizeTty).
-    let (code, text) = ctrd.ctr_on_pty(
-        &[
-            "task",
-            "exec",
-            "-t",
-            "--exec-id",
-            "tty",
-            &c,
-            "sh",
-            "-c",
-            "sleep 1; tty; stty size < /dev/tty; exit 4",
-        ],
-        33,
-        91,
-    );
-    assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
-    assert!(
-        text.contains("33 91"),
-        "size not forwarded: {text}\n{}",
-        ctrd.log()
-    );
+    ctrd.check_terminal(&["task", "exec", "-t", "--exec-id", "tty", &c]);
 
     ctrd.ctr(&["task", "pause", &c]).ok();
     assert_eq!(ctrd.task(&c).unwrap().1, "PAUSED");
@@ -902,18 +897,8 @@ fn terminal_gets_a_pty_sized_by_resize_pty() {
         fifo.to_str().unwrap(),
         IMAGE_NAME,
         &c,
-        "sh",
-        "-c",
-        "sleep 0.3; tty; stty size < /dev/tty; exit 4",
     ];
-    let (code, text) = ctrd.ctr_on_pty(&args, 33, 91);
-    assert_eq!(code, Some(4), "{text}");
-    assert!(text.contains("/dev/pts/"), "no pty: {text}\n{}", ctrd.log());
-    assert!(
-        text.contains("33 91"),
-        "size not forwarded: {text}\n{}",
-        ctrd.log()
-    );
+    ctrd.check_terminal(&args);
     let listed = ctrd.ctr(&["container", "ls", "-q"]);
     assert_eq!(
         listed.ok().stdout.trim(),

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{ProcessRef, Request, ResponseBody};
@@ -148,6 +149,37 @@ fn read_all(mut f: fs::File) -> String {
     s
 }
 
+/// Read `f` to its end on a thread; what has arrived so far is readable meanwhile.
+fn collect(mut f: fs::File) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (text, reader)
+}
+
+/// Wait (at most 60 s) until `text` is `want`.
+fn wait_for_text(text: &Mutex<String>, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while *text.lock().unwrap() != want {
+        assert!(
+            Instant::now() < deadline,
+            "want {want:?}, have {:?}",
+            text.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn wait(target: &AgentTarget, process: &ProcessRef) -> ResponseBody {
     AgentClient::connect(target)
         .unwrap()
@@ -186,6 +218,8 @@ fn init_and_exec_stdio_flow_through_streams_and_relays() {
     );
     let (end, mut stdin, stdout, stderr) = pipes();
     let mut relay = Relay::start(streams, end).unwrap();
+    let (stdout, stdout_reader) = collect(stdout);
+    let (stderr, stderr_reader) = collect(stderr);
     let state = client
         .request(&Request::ContainerState { id: id.clone() })
         .unwrap();
@@ -238,7 +272,10 @@ fn init_and_exec_stdio_flow_through_streams_and_relays() {
     assert!(exec_relay.wait_output(Some(Duration::from_secs(5))));
     assert_eq!(read_all(e_out), "through cat\n");
 
-    // Kill the init: exit status 128+9, output streams end.
+    // The init has echoed (on a loaded host it may still be starting); kill it: exit status
+    // 128+9, output streams end.
+    wait_for_text(&stdout, "out:hello\n");
+    wait_for_text(&stderr, "err\n");
     client
         .request_ok(&Request::SignalProcess {
             process: init.clone(),
@@ -255,8 +292,10 @@ fn init_and_exec_stdio_flow_through_streams_and_relays() {
         }
     );
     assert!(relay.wait_output(Some(Duration::from_secs(5))));
-    assert_eq!(read_all(stdout), "out:hello\n");
-    assert_eq!(read_all(stderr), "err\n");
+    stdout_reader.join().unwrap();
+    stderr_reader.join().unwrap();
+    assert_eq!(*stdout.lock().unwrap(), "out:hello\n");
+    assert_eq!(*stderr.lock().unwrap(), "err\n");
     client
         .request_ok(&Request::DeleteContainer {
             id: id.clone(),
