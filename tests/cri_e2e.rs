@@ -848,13 +848,10 @@ fn namespace_pod_through_cri() {
 /// the pod, the guest's kernel answers); exec, stats, an update visible in the guest's cgroup
 /// v2, the log file, and a teardown that stops the VM and leaves nothing behind.
 ///
-/// Known broken: CRI names the sandbox's namespaces in the app container's spec by the
-/// sandbox task's host pid (`/proc/<VMM pid>/ns/uts`, always; `ipc` unless host IPC), which the
-/// guest agent cannot open, so StartContainer fails (`agent: create container ...: open
-/// namespace /proc/<pid>/ns/ipc: ENOENT`). kvmbox must map them to the sandbox init's guest pid
-/// for pod members (src/runtime/vm/lifecycle.rs); with that mapping this test passes.
+/// CRI names the sandbox's namespaces in the app container's spec by the sandbox task's host
+/// pid (`/proc/<VMM pid>/ns/uts`, always; `ipc` unless host IPC): kvmbox points them at the
+/// sandbox init's guest pid (this test found that they were passed through unchanged).
 #[test]
-#[ignore = "vm pod members fail through CRI: their spec joins /proc/<VMM pid>/ns/* (see doc)"]
 fn vm_pod_through_cri() {
     let node = Node::start();
     let started = Instant::now();

@@ -428,6 +428,12 @@ fn create_in_guest(
             guest_spec.set_process(Some(p));
         }
     }
+    if let Some(sandbox) = vm_of(&record)?.sandbox.clone() {
+        if names_host_namespaces(&guest_spec, record.pid) {
+            let sandbox_pid = guest_pid_of(&mut client, &sandbox).map_err(agent_err(id))?;
+            point_namespaces_at(&mut guest_spec, record.pid, sandbox_pid);
+        }
+    }
     let body = client
         .request(&Request::CreateContainer {
             id: id.to_string(),
@@ -556,6 +562,56 @@ fn guest_spec(spec: &Spec, id: &str) -> Spec {
         guest.set_hooks(Some(h));
     }
     guest
+}
+
+/// True if a namespace of `spec` is given as `/proc/<host_pid>/ns/<type>`. CRI makes a pod
+/// member join the sandbox's namespaces by the sandbox task's pid, which for a VM is the VMM's
+/// host pid (`host_pid`): a path that means nothing in the guest.
+fn names_host_namespaces(spec: &Spec, host_pid: i32) -> bool {
+    let prefix = format!("/proc/{host_pid}/ns/");
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|list| {
+            list.iter().any(|n| {
+                n.path()
+                    .as_ref()
+                    .is_some_and(|p| p.to_string_lossy().starts_with(&prefix))
+            })
+        })
+}
+
+/// Rewrite every `/proc/<host_pid>/ns/<type>` namespace path of `spec` to
+/// `/proc/<guest_pid>/ns/<type>`: the sandbox init's namespaces in the guest.
+fn point_namespaces_at(spec: &mut Spec, host_pid: i32, guest_pid: i32) {
+    let prefix = format!("/proc/{host_pid}/ns/");
+    let Some(mut linux) = spec.linux().clone() else {
+        return;
+    };
+    let Some(mut namespaces) = linux.namespaces().clone() else {
+        return;
+    };
+    for ns in &mut namespaces {
+        let path = ns.path().as_ref().map(|p| p.to_string_lossy().into_owned());
+        if let Some(kind) = path.as_deref().and_then(|p| p.strip_prefix(&prefix)) {
+            ns.set_path(Some(PathBuf::from(format!("/proc/{guest_pid}/ns/{kind}"))));
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+}
+
+/// The guest pid of container `sandbox`'s init (it must be running or created).
+fn guest_pid_of(client: &mut AgentClient, sandbox: &str) -> std::result::Result<i32, AgentError> {
+    let request = Request::ContainerState {
+        id: sandbox.to_string(),
+    };
+    match client.request(&request)? {
+        ResponseBody::State { pid, .. } if pid > 0 => Ok(pid),
+        other => Err(AgentError::Unexpected(format!(
+            "sandbox {sandbox} has no running init to join: {other:?}"
+        ))),
+    }
 }
 
 fn hooks_of(spec: &Spec, pick: fn(&Hooks) -> &Option<Vec<Hook>>) -> Vec<Hook> {
@@ -957,6 +1013,45 @@ pub fn update(record: &ContainerRecord, resources: &LinuxResources) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_member_namespaces_move_from_the_vmm_pid_to_the_sandbox_guest_pid() {
+        let mut spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [
+                {"type": "mount"},
+                {"type": "uts", "path": "/proc/4242/ns/uts"},
+                {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                {"type": "network", "path": "/var/run/netns/cni-1"},
+                {"type": "pid", "path": "/proc/42420/ns/pid"}
+            ]}
+        }))
+        .unwrap();
+        assert!(names_host_namespaces(&spec, 4242));
+        assert!(!names_host_namespaces(&spec, 424));
+        point_namespaces_at(&mut spec, 4242, 7);
+        let paths: Vec<Option<String>> = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.path().as_ref().map(|p| p.display().to_string()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                None,
+                Some("/proc/7/ns/uts".into()),
+                Some("/proc/7/ns/ipc".into()),
+                Some("/var/run/netns/cni-1".into()),
+                Some("/proc/42420/ns/pid".into()),
+            ]
+        );
+        assert!(!names_host_namespaces(&spec, 4242));
+    }
 
     #[test]
     fn guest_spec_moves_the_rootfs_and_keeps_only_guest_hooks() {
