@@ -5,6 +5,8 @@
 //! here) in vm mode. Needs root; the vm tests need /dev/kvm, the static agent (`make agent`)
 //! and the guest kernel (build cache or KVMBOX_KERNEL).
 
+#[path = "common/containerd.rs"]
+mod containerd;
 #[path = "common/image.rs"]
 mod image;
 
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use containerd::{gone, gone_now, require_tools, shim_dir, shims_for, vmms_mentioning};
 use image::{build_busybox_image, IMAGE_NAME};
 
 const RUNTIME: &str = "io.containerd.kvmbox.v2";
@@ -51,35 +54,9 @@ struct Containerd {
     timeout: Duration,
 }
 
-fn require_tools() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "containerd_e2e needs root (it runs containerd and real containers)"
-    );
-    for tool in ["containerd", "ctr"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
-        assert!(
-            found,
-            "`{tool}` not found in PATH: install Debian's containerd package (apt-get install -y containerd)"
-        );
-    }
-}
-
-fn shim_dir() -> PathBuf {
-    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kvmbox-v2"));
-    let kvmbox = Path::new(env!("CARGO_BIN_EXE_kvmbox"));
-    assert_eq!(
-        shim.parent(),
-        kvmbox.parent(),
-        "shim and kvmbox side by side"
-    );
-    shim.parent().unwrap().to_path_buf()
-}
-
 impl Containerd {
     fn start() -> Containerd {
-        require_tools();
+        require_tools("containerd_e2e");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/tmp/kvmbox-ctrd-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -90,26 +67,7 @@ impl Containerd {
             child: Default::default(),
             timeout: CTR_TIMEOUT,
         };
-        let t = me.dir.display().to_string();
-        let config = format!(
-            r#"version = 2
-root = "{t}/root"
-state = "{t}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{t}/containerd.sock"
-[ttrpc]
-  address = "{t}/containerd.sock.ttrpc"
-[debug]
-  address = "{t}/debug.sock"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{t}/opt"
-"#
-        );
+        let config = containerd::base_config(&me.dir, false);
         fs::write(me.dir.join("config.toml"), config).unwrap();
         let path = format!(
             "{}:{}",
@@ -262,7 +220,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(pid > 0);
-        assert!(gone(pid), "process {pid} of {id} is still alive");
+        assert!(
+            gone(pid, Duration::from_secs(10)),
+            "process {pid} of {id} is still alive"
+        );
     }
 
     fn leftovers(&self, id: &str) -> Vec<String> {
@@ -291,42 +252,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 }
 
-/// True once `pid` is gone or a zombie (PID 1 here reaps orphans only every ~2 s).
-fn gone(pid: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(stat) => {
-                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-                if state.starts_with('Z') || state.starts_with('X') {
-                    return true;
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Processes whose command line mentions `needle`.
-fn pids_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(needle) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.clean_up();
@@ -348,60 +273,15 @@ impl Drop for CleanUpOnPanic {
 impl Containerd {
     /// Stop everything this containerd started and remove its directory (idempotent).
     fn clean_up(&self) {
-        // Containers left by a failed test: kvmbox kills and removes them.
-        let root = self.dir.join("kvmbox").join(&self.namespace);
-        if let Ok(entries) = fs::read_dir(&root) {
-            for e in entries.flatten() {
-                let _ = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name())
-                    .output();
-            }
-        }
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-        // Shims of this containerd (their -address names our socket).
-        for pid in pids_mentioning(&self.dir.join("containerd.sock").display().to_string()) {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            // ... and the socket the killed shim leaves behind.
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if let Some(socket) = args
-                .windows(2)
-                .find(|w| w[0] == b"-socket")
-                .and_then(|w| std::str::from_utf8(w[1]).ok())
-            {
-                let _ = fs::remove_file(socket.trim_start_matches("unix://"));
-            }
-        }
-        let dir = self.dir.display().to_string();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-            .filter(|m| m == &dir || m.starts_with(&format!("{dir}/")))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        // The namespace's parent cgroup in every hierarchy (removable once empty).
-        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let _ = fs::remove_dir(h.path().join(&self.namespace));
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        let roots = [self.dir.join("kvmbox").join(&self.namespace)];
+        let left = containerd::Leftovers {
+            kvmbox_roots: &roots,
+            socket: &self.dir.join("containerd.sock"),
+            dirs: &[&self.dir],
+            // The namespace's parent cgroup in every hierarchy (removable once empty).
+            cgroup_parent: &self.namespace,
+        };
+        containerd::clean_up(self.child.lock().unwrap().take(), &left);
     }
 }
 
@@ -681,16 +561,6 @@ fn containerd_recovers_when_the_shim_is_killed() {
     ctrd.wait_task(&c, None);
     ctrd.ctr(&["container", "rm", &c]).ok();
     ctrd.assert_no_leftovers(&c, pid);
-}
-
-/// The VMM processes (kvmbox-vmm) whose command line mentions `needle`.
-fn vmms_mentioning(needle: &str) -> Vec<i32> {
-    pids_mentioning(needle)
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("kvmbox-vmm"))
-        })
-        .collect()
 }
 
 /// One microVM boot: a foreground `ctr run --rm` in vm mode whose output and exit code come
@@ -973,17 +843,6 @@ fn runtime_options_config_chooses_isolation_and_update_applies() {
     }
 }
 
-/// containerd-shim processes whose command line carries `-id <id>`.
-fn shims_for(id: &str) -> Vec<i32> {
-    pids_mentioning(&format!("-id\0{id}\0"))
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
-        })
-        .collect()
-}
-
 #[test]
 fn containers_of_one_pod_share_one_shim() {
     let ctrd = Containerd::start();
@@ -1016,7 +875,10 @@ fn containers_of_one_pod_share_one_shim() {
     ctrd.ctr(&["task", "rm", &b]).ok();
     ctrd.ctr(&["container", "rm", &b]).ok();
     ctrd.assert_no_leftovers(&b, pid_b);
-    assert!(gone(shims[0]), "the pod's shim outlived its last container");
+    assert!(
+        gone(shims[0], Duration::from_secs(10)),
+        "the pod's shim outlived its last container"
+    );
 }
 
 /// Two containers of one pod (the CRI annotations: a sandbox and a member naming it) share
@@ -1089,18 +951,10 @@ fn vm_pod_containers_share_one_shim_and_one_vm() {
     ctrd.ctr(&["container", "rm", &sandbox]).ok();
     ctrd.assert_no_leftovers(&member, vmm);
     ctrd.assert_no_leftovers(&sandbox, vmm);
-    assert!(gone(shims[0]), "the pod's shim outlived its last container");
-}
-
-/// True if `pid` is gone or a zombie right now.
-fn gone_now(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            state.starts_with('Z') || state.starts_with('X')
-        }
-    }
+    assert!(
+        gone(shims[0], Duration::from_secs(10)),
+        "the pod's shim outlived its last container"
+    );
 }
 
 /// min / median / max of `samples` in milliseconds.

@@ -6,6 +6,8 @@
 //! RuntimeClass does. Pods use host networking (no CNI here). Needs root; the vm test needs
 //! /dev/kvm, the static agent (`make agent`) and the guest kernel (build cache or KVMBOX_KERNEL).
 
+#[path = "common/containerd.rs"]
+mod containerd;
 #[path = "common/image.rs"]
 mod image;
 
@@ -29,6 +31,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::Channel;
 
+use containerd::{
+    gone, gone_now, pids_mentioning, require_tools, shim_dir, shims_for, vmms_mentioning,
+};
 use image::{build_busybox_image, build_busybox_image_as, IMAGE_NAME};
 
 /// The pod sandbox ("pause") image: busybox whose command stays up (the plain image's `sh`
@@ -47,33 +52,6 @@ const CGROUP_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuset", "cpuacc
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn require_tools() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "cri_e2e needs root (it runs containerd and real containers)"
-    );
-    for tool in ["containerd", "ctr"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
-        assert!(
-            found,
-            "`{tool}` not found in PATH: install Debian's containerd package (apt-get install -y containerd)"
-        );
-    }
-}
-
-/// The directory holding the built shim and kvmbox (put first on containerd's PATH).
-fn shim_dir() -> PathBuf {
-    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-kvmbox-v2"));
-    let kvmbox = Path::new(env!("CARGO_BIN_EXE_kvmbox"));
-    assert_eq!(
-        shim.parent(),
-        kvmbox.parent(),
-        "shim and kvmbox side by side"
-    );
-    shim.parent().unwrap().to_path_buf()
-}
-
 /// A private containerd with the CRI plugin in a temp dir, and a CRI client connected to it;
 /// stopped and everything it left removed on drop.
 struct Node {
@@ -90,7 +68,7 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
-        require_tools();
+        require_tools("cri_e2e");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/tmp/kvmbox-cri-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -114,24 +92,9 @@ impl Node {
         // its default runtime `runc` is missing); the CRI plugin keeps its
         // root and state under containerd's (here the temp dir), CNI points to empty dirs and
         // the streaming server takes a free port.
+        let base = containerd::base_config(&dir, true);
         let config = format!(
-            r#"version = 2
-root = "{t}/root"
-state = "{t}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{t}/containerd.sock"
-[ttrpc]
-  address = "{t}/containerd.sock.ttrpc"
-[debug]
-  address = "{t}/debug.sock"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{t}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
+            r#"{base}[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -407,124 +370,16 @@ impl Drop for StartGuard {
 impl Drop for Node {
     /// Stop everything this containerd started and remove its directory.
     fn drop(&mut self) {
-        // Containers left by a failed test: kvmbox kills and removes them.
-        let root = self.kvmbox_root();
-        if let Ok(entries) = fs::read_dir(&root) {
-            for e in entries.flatten() {
-                let _ = Command::new(env!("CARGO_BIN_EXE_kvmbox"))
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name())
-                    .output();
-            }
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-        // Shims of this containerd (their -address names our socket), and their sockets.
-        for pid in pids_mentioning(&self.dir.join("containerd.sock").display().to_string()) {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if let Some(socket) = args
-                .windows(2)
-                .find(|w| w[0] == b"-socket")
-                .and_then(|w| std::str::from_utf8(w[1]).ok())
-            {
-                let _ = fs::remove_file(socket.trim_start_matches("unix://"));
-            }
-        }
-        let dirs = [&self.dir, &self.shim_root].map(|d| d.display().to_string());
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-            .filter(|m| {
-                dirs.iter()
-                    .any(|d| m == d || m.starts_with(&format!("{d}/")))
-            })
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        // The pods' parent cgroup in every hierarchy (kubelet's; removable once empty).
-        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let _ = fs::remove_dir(h.path().join(self.cgroup_parent.trim_start_matches('/')));
-            }
-        }
-        let _ = fs::remove_dir_all(&self.shim_root);
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// True once `pid` is gone or a zombie (PID 1 here reaps orphans only every ~2 s).
-fn gone(pid: i32, patience: Duration) -> bool {
-    let deadline = Instant::now() + patience;
-    while !gone_now(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
-/// True if `pid` is gone or a zombie right now.
-fn gone_now(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            state.starts_with('Z') || state.starts_with('X')
-        }
-    }
-}
-
-/// Live processes whose command line mentions `needle`.
-fn pids_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
+        let roots = [self.kvmbox_root()];
+        let left = containerd::Leftovers {
+            kvmbox_roots: &roots,
+            socket: &self.dir.join("containerd.sock"),
+            dirs: &[&self.dir, &self.shim_root],
+            // The pods' parent cgroup in every hierarchy (kubelet's; removable once empty).
+            cgroup_parent: &self.cgroup_parent,
         };
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(needle) && !gone_now(pid) {
-                out.push(pid);
-            }
-        }
+        containerd::clean_up(self.child.take(), &left);
     }
-    out
-}
-
-/// The VMM processes (kvmbox-vmm) whose command line mentions `needle`.
-fn vmms_mentioning(needle: &str) -> Vec<i32> {
-    pids_mentioning(needle)
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("kvmbox-vmm"))
-        })
-        .collect()
-}
-
-/// containerd-shim processes whose command line carries `-id <id>`.
-fn shims_for(id: &str) -> Vec<i32> {
-    pids_mentioning(&format!("-id\0{id}\0"))
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|comm| comm.starts_with("containerd-shim"))
-        })
-        .collect()
 }
 
 /// Host networking, a pid namespace per container, the pod's IPC namespace: what kubelet
