@@ -94,7 +94,7 @@ mod tests {
     }
 
     #[test]
-    fn isolation_comes_from_annotation_then_env_then_vm() {
+    fn isolation_comes_from_annotation_then_options_then_env_then_vm() {
         let pick = |a: &[(&str, &str)], env| choose_isolation("c1", &ann(a), None, env);
         let (iso, src) = pick(&[(ISOLATION_ANNOTATION, "namespace")], Some("vm")).unwrap();
         assert_eq!(
