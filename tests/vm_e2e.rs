@@ -60,7 +60,9 @@ impl Vm {
         // SAFETY: flock on an fd we own.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         let h = Harness::new();
-        let root = h.dir().join("vm-state");
+        // Deep enough that `<root>/<id>/vsock.sock` outgrows sun_path (107 bytes) for a CRI
+        // id of 64 characters, as under containerd's state roots: the VM's sockets must work.
+        let root = h.dir().join("vm-state").join("d".repeat(32));
         Some(Vm {
             h,
             kernel,
@@ -300,7 +302,9 @@ fn run_relays_stdio_and_exit_status() {
     );
     // The rootfs reaches the guest over virtio-fs: a write shows up in the host's bundle.
     b.edit(|c| c["root"]["readonly"] = json!(false));
-    let id = vm.h.id("vmrun");
+    // As long as a CRI container id: the vsock socket's path exceeds sun_path.
+    let id = format!("{:-<64}", vm.h.id("vmrun"));
+    assert!(vm.root.join(&id).join("vsock.sock").as_os_str().len() > 107);
     let started = Instant::now();
     let out = vm.kvmbox(
         &["run", "--bundle", b.dir.to_str().unwrap(), &id],
@@ -601,7 +605,8 @@ fn boot_failures_are_explained_and_leave_nothing() {
 /// `vm.sandbox` in state.json) with their own output and exit codes — through `run`, through
 /// `--console-socket` (the pty master received as runc users do) and through `run -t` on a
 /// pty. Deleting members keeps the VM serving the sandbox; the sandbox cannot be deleted while
-/// a member exists; deleting it last leaves no mount, process or state.
+/// a member exists, but `delete --force` of it deletes the members too and leaves no mount,
+/// process or state.
 #[test]
 fn pod_members_share_the_sandbox_vm() {
     let Some(vm) = Vm::new() else { return };
@@ -720,13 +725,22 @@ fn pod_members_share_the_sandbox_vm() {
     assert_eq!(status.code(), Some(4), "{text:?}");
     vm.assert_no_leftovers(&id3);
 
-    // The VM still serves the sandbox; deleting it last leaves nothing.
+    // The VM still serves the sandbox. `delete --force` of the sandbox while a member is
+    // still created takes the member with it: nothing of either is left.
     let out = vm.kvmbox(&["exec", &sid, "--", "echo", "still serving"], None);
     out.ok();
     assert_eq!(out.stdout, "still serving\n", "{out}");
-    vm.kvmbox(&["kill", &sid, "KILL"], None).ok();
-    vm.wait_status(&sid, "stopped");
-    vm.kvmbox(&["delete", &sid], None).ok();
+    let m4 = vm.bundle("echo never started");
+    pod(&m4, "container");
+    let id4 = vm.h.id("vmpodleft");
+    vm.kvmbox(
+        &["create", "--bundle", m4.dir.to_str().unwrap(), &id4],
+        None,
+    )
+    .ok();
+    assert_eq!(vm.state(&id4)["status"], "created");
+    vm.kvmbox(&["delete", "--force", &sid], None).ok();
+    vm.assert_no_leftovers(&id4);
     vm.assert_no_leftovers(&sid);
     assert_eq!(mounts_under(&vm.root), Vec::<String>::new());
     assert!(common::is_zombie_or_gone(vmm_pid as i32));

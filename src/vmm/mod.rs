@@ -16,6 +16,7 @@ pub mod initramfs;
 pub mod layout;
 pub mod process;
 pub mod timings;
+pub mod unix_path;
 pub mod vcpu;
 pub mod vm;
 

@@ -317,7 +317,7 @@ fn retry_until<T>(
 
 /// Connect to the VMM's socket and ask for guest `port`; read/write timeouts stay at `left`.
 fn dial(uds: &Path, port: u32, left: Duration) -> Result<UnixStream, ProtocolError> {
-    let mut stream = UnixStream::connect(uds)?;
+    let mut stream = crate::vmm::unix_path::connect(uds)?;
     stream.set_read_timeout(Some(left))?;
     stream.set_write_timeout(Some(left))?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;

@@ -774,8 +774,9 @@ pub fn members_of(store: &StateStore, sandbox: &str) -> Vec<String> {
 
 /// `delete`: remove the container in the guest; for a container that booted its VM, power
 /// the VM off (SIGKILL if it does not stop in time) — refused while pod members still use it
-/// unless `force`; a pod member never stops the VM. Then stop the stdio relay, undo the bind
-/// mounts in the shared directory, run the poststop hooks and remove the state directory.
+/// unless `force`, which deletes the members first; a pod member never stops the VM. Then stop
+/// the stdio relay, undo the bind mounts in the shared directory, run the poststop hooks and
+/// remove the state directory.
 pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Result<()> {
     let id = &record.id;
     let vm = vm_of(record)?;
@@ -787,6 +788,9 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
                 "container {id}: its VM still runs pod members {}: delete them first (or use --force)",
                 members.join(", ")
             )));
+        }
+        for member in &members {
+            delete_member(&store, member)?;
         }
     }
     let vmm_alive = is_same_live_process(record.pid, record.pid_start_time);
@@ -833,6 +837,23 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
     tracing::debug!(id, "container deleted");
     super::timing::mark(super::timing::TORN_DOWN);
     Ok(())
+}
+
+/// Force-delete pod member `member` (its sandbox is being force-deleted): the same steps as
+/// its own `delete --force`, so no relay, bind mount or state directory outlives the VM.
+fn delete_member(store: &StateStore, member: &str) -> Result<()> {
+    let dir = match store.lock(member) {
+        Ok(dir) => dir,
+        // Deleted meanwhile by its own `delete`.
+        Err(RuntimeError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !dir.has_state() {
+        return dir.remove();
+    }
+    let record = dir.read()?;
+    tracing::info!(id = member, "deleting pod member with its sandbox");
+    delete(dir, &record, true)
 }
 
 /// Delete pod member `record` in the guest (the VM keeps running).

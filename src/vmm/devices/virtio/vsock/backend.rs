@@ -98,7 +98,7 @@ impl UnixBackend {
                 format!("vsock socket {} already exists", uds_path.display()),
             ));
         }
-        let listener = UnixListener::bind(uds_path)
+        let listener = crate::vmm::unix_path::bind(uds_path)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", uds_path.display())))?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
@@ -768,7 +768,8 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
 
 /// Connect to a Unix socket without ever blocking: a full backlog is a refusal.
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+    let short = crate::vmm::unix_path::SocketAddrPath::new(path)?;
+    let addr = UnixAddr::new(short.as_path()).map_err(io::Error::from)?;
     let fd: OwnedFd = socket(
         AddressFamily::Unix,
         SockType::Stream,
