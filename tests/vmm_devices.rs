@@ -1,7 +1,8 @@
-//! One real boot with kvmbox's virtio devices: virtio-blk on a host file with a known pattern,
-//! virtio-rng, the virtio console and (as root) virtio-net on a tap the VMM creates. The busybox init lists /sys/bus/virtio/devices, reads
-//! /dev/vda, writes to it, reads /dev/hwrng, writes to /dev/hvc0 and powers off; the host then
-//! checks the printed results and the image file.
+//! One real boot with every kind of kvmbox virtio device: virtio-blk on a host file with a
+//! known pattern, virtio-rng, the virtio console, vsock, virtio-fs and (as root) virtio-net on a
+//! tap the VMM creates. The busybox init lists /sys/bus/virtio/devices, reads /dev/vda, writes
+//! to it, reads /dev/hwrng, writes to /dev/hvc0 and powers off; the host then checks the
+//! printed results and the image file.
 
 mod vm_common;
 
@@ -62,12 +63,18 @@ fn guest_uses_virtio_blk_rng_and_console() {
 
     let timeout = vm_common::boot_timeout(120);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvmbox"));
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
     cmd.args(["vm", "boot", "--rng", "--virtio-console", "--kernel"])
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
         .arg("--disk")
-        .arg(&disk);
+        .arg(&disk)
+        .arg("--vsock")
+        .arg(format!("3,{}", dir.path().join("vsock.sock").display()))
+        .arg("--share")
+        .arg(format!("devshare={}", share.display()));
     // virtio-net needs a tap: as root the VMM creates one that disappears with it.
     // SAFETY: geteuid has no preconditions.
     let with_net = unsafe { libc::geteuid() } == 0;
@@ -83,12 +90,13 @@ fn guest_uses_virtio_blk_rng_and_console() {
     assert_eq!(status.code(), Some(0), "kvmbox failed");
     assert!(out.contains("DEVICES-DONE"), "init did not finish");
 
-    // Every device is on the virtio bus: net (1), block (2), console (3), rng (4).
+    // Every device is on the virtio bus: net (1), block (2), console (3), rng (4), vsock (19)
+    // and fs (26); the vsock and fs data paths have their own boots (vmm_vsock, vmm_fs).
     let ids = out
         .lines()
         .find_map(|l| l.strip_prefix("VIRTIO-IDS "))
         .expect("no VIRTIO-IDS line");
-    let mut want = vec!["0x0002", "0x0003", "0x0004"];
+    let mut want = vec!["0x0002", "0x0003", "0x0004", "0x0013", "0x001a"];
     if with_net {
         want.push("0x0001");
         assert!(

@@ -2,7 +2,9 @@
 //! read-only one. The busybox init mounts both (`mount -t virtiofs TAG DIR`), reads a host file,
 //! writes a new file and a directory, lists the share, follows a symlink that points outside
 //! the share, tries to write to the read-only share, and reports on the serial console; the
-//! host checks the output and the files the guest left behind.
+//! host checks the output and the files the guest left behind. A package manager runs on the
+//! share too: busybox `dpkg` chrooted into it installs and purges a small .deb (mkdir, chown,
+//! chmod, create, write, symlink, rename of its status file, unlink, rmdir).
 
 mod vm_common;
 
@@ -28,6 +30,10 @@ fn init_script() -> String {
          $bb mkdir /mnt/guest-dir && echo MKDIR-OK\n\
          echo LIST-BEGIN; $bb ls /mnt; echo LIST-END\n\
          echo \"ESCAPE $($bb cat /mnt/escape 2>&1)\"\n\
+         $bb chroot /mnt /bin/busybox dpkg -i /hello.deb && echo DPKG-INSTALL-OK\n\
+         read line < /mnt/usr/share/hello/link; echo \"DPKG-READ $line\"\n\
+         while read l; do case \"$l\" in Status:*) echo \"DPKG-STATUS $l\";; esac; done < /mnt/var/lib/dpkg/status\n\
+         $bb chroot /mnt /bin/busybox dpkg -P kvmbox-hello && echo DPKG-PURGE-OK\n\
          $bb mount -t virtiofs roshare /ro && echo RO-MOUNT-OK\n\
          read line < /ro/ro.txt; echo \"RO-READ $line\"\n\
          echo \"RO-WRITE $( (echo x > /ro/nope.txt) 2>&1)\"\n\
@@ -57,6 +63,7 @@ fn guest_mounts_reads_and_writes_shared_directories() {
     std::fs::create_dir(&share).unwrap();
     std::fs::write(share.join("hello.txt"), format!("{HOST_TEXT}\n")).unwrap();
     std::os::unix::fs::symlink("../secret", share.join("escape")).unwrap();
+    package_root(&share, dir.path());
     // The read-only share.
     let ro = dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -103,7 +110,13 @@ fn guest_mounts_reads_and_writes_shared_directories() {
         .expect("no listing")
         .split_whitespace()
         .collect();
-    for name in ["hello.txt", "from-guest.txt", "guest-dir", "escape"] {
+    for name in [
+        "hello.txt",
+        "from-guest.txt",
+        "guest-dir",
+        "escape",
+        "hello.deb",
+    ] {
         assert!(list.contains(&name), "{name} missing from {list:?}");
     }
     // The symlink resolves inside the guest (to /secret, absent), never to the host's file.
@@ -126,6 +139,55 @@ fn guest_mounts_reads_and_writes_shared_directories() {
     );
     assert!(!ro.join("nope.txt").exists());
     assert!(out.contains("UMOUNT-OK"));
+
+    // The package manager: installed (its file read through its symlink, its status recorded
+    // through a rename), then purged, all on the share; the host sees the end state.
+    assert!(out.contains("DPKG-INSTALL-OK"), "dpkg -i failed");
+    assert!(
+        out.contains("DPKG-READ installed by dpkg"),
+        "installed file"
+    );
+    assert!(out.contains("DPKG-STATUS Status: install ok installed"));
+    assert!(out.contains("DPKG-PURGE-OK"), "dpkg -P failed");
+    let status = std::fs::read_to_string(share.join("var/lib/dpkg/status")).unwrap();
+    assert!(
+        status.contains("Status: purge ok not-installed"),
+        "{status}"
+    );
+    assert!(
+        !share.join("usr").exists(),
+        "purge left the package's files"
+    );
+    assert!(!share.join("var/lib/dpkg/info/kvmbox-hello.list").exists());
+}
+
+/// Make `share` a root busybox `dpkg` can manage: /bin/busybox, an empty /var/lib/dpkg, and
+/// /hello.deb (built with the host's dpkg-deb, gzip members as busybox reads them) holding
+/// /usr/share/hello/greeting and a symlink to it.
+fn package_root(share: &std::path::Path, scratch: &std::path::Path) {
+    std::fs::create_dir_all(share.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", share.join("bin/busybox")).unwrap();
+    std::fs::create_dir_all(share.join("var/lib/dpkg/info")).unwrap();
+    std::fs::write(share.join("var/lib/dpkg/status"), "").unwrap();
+    let pkg = scratch.join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/share/hello")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: kvmbox-hello\nVersion: 1.0\nArchitecture: all\n\
+         Maintainer: kvmbox tests <tests@kvmbox.invalid>\n\
+         Description: a file installed by busybox dpkg on virtio-fs\n",
+    )
+    .unwrap();
+    std::fs::write(pkg.join("usr/share/hello/greeting"), "installed by dpkg\n").unwrap();
+    std::os::unix::fs::symlink("greeting", pkg.join("usr/share/hello/link")).unwrap();
+    let built = Command::new("dpkg-deb")
+        .args(["-Zgzip", "--root-owner-group", "--build"])
+        .arg(&pkg)
+        .arg(share.join("hello.deb"))
+        .output()
+        .expect("dpkg-deb (Debian's dpkg) builds the test package");
+    assert!(built.status.success(), "dpkg-deb: {built:?}");
 }
 
 #[test]
