@@ -10,8 +10,11 @@ BENCH_VM_RUNS    ?= 3
 BENCH_DENSITY    ?= 3
 BENCH_VM_TIMEOUT ?= 1800
 BENCH_OUT        ?= docs/bench
+# fuzz-smoke: seconds of fuzzing per target after replaying its seeds
+FUZZ_SECONDS     ?= 20
+FUZZ_TARGETS     := vsock_tx virtio_blk virtio_fs virtio_rng virtio_console virtio_net
 
-.PHONY: all build agent demo test lint fmt bench bench-namespace bench-containerd clean-demo
+.PHONY: all build agent demo test lint fmt bench bench-namespace bench-containerd fuzz-smoke clean-demo
 
 all: build
 
@@ -104,3 +107,19 @@ bench-namespace: build
 ## bench-containerd: `ctr run --rm ... /bin/true` with the kvmbox shim vs the runc shim (needs containerd)
 bench-containerd: agent
 	$(CARGO) test --release --test containerd_e2e -- --ignored --nocapture bench_ctr_run_true
+
+## fuzz-smoke: every cargo-fuzz target (fuzz/) replays its committed seeds (the regression
+# inputs of earlier crashes among them), then fuzzes for $(FUZZ_SECONDS) s from them. Needs the
+# nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`). New corpus entries go
+# to target/fuzz-corpus, never into fuzz/seeds. Long runs: docs/devices.md, "Fuzz runs".
+fuzz-smoke:
+	cd fuzz && cargo +nightly fuzz build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  dir="$(CURDIR)/target/fuzz-corpus/$$t"; mkdir -p "$$dir"; \
+	  echo "== fuzz $$t: seeds, then $(FUZZ_SECONDS) s (log: $$dir.log)"; \
+	  if ! (cd fuzz && cargo +nightly fuzz run $$t "$$dir" "$(CURDIR)/fuzz/seeds/$$t" -- \
+	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) > "$$dir.log" 2>&1; then \
+	    tail -n 40 "$$dir.log"; echo "fuzz-smoke: $$t failed (input in fuzz/artifacts/$$t)"; exit 1; \
+	  fi; \
+	  grep -E '^(#[0-9]+ +(INITED|DONE)|stat::(number_of_executed_units|peak_rss_mb))' "$$dir.log" || true; \
+	done
