@@ -56,7 +56,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// stopped and everything it left removed on drop.
 struct Node {
     dir: PathBuf,
-    /// KVMBOX_SHIM_ROOT: kept short, see [`Node::start`].
+    /// KVMBOX_SHIM_ROOT, deep on purpose, see [`Node::start`].
     shim_root: PathBuf,
     child: Option<Child>,
     /// Parent cgroup of this node's pods (cgroupfs style, as kubelet's `cgroup_parent`).
@@ -75,11 +75,10 @@ impl Node {
         for sub in ["cni/bin", "cni/conf", "pods"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        // A VM's vsock socket is `<KVMBOX_SHIM_ROOT>/k8s.io/<id>/vsock.sock`, and CRI's ids
-        // are 64 characters: the root must stay short for the path to fit a sockaddr_un (108
-        // bytes; the default /run/containerd/kvmbox leaves 2 to spare).
-        let shim_root = PathBuf::from(format!("/tmp/kvc{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&shim_root);
+        // A VM's vsock socket is `<KVMBOX_SHIM_ROOT>/k8s.io/<id>/vsock.sock`; with CRI's
+        // 64-character ids this root makes it longer than a sockaddr_un holds (107 bytes),
+        // which kvmbox must handle (src/vmm/unix_path.rs).
+        let shim_root = dir.join("kvmbox-shim-state");
         let t = dir.display().to_string();
         fs::write(dir.join("kvmbox-vm.toml"), "isolation = \"vm\"\n").unwrap();
         fs::write(
@@ -715,6 +714,9 @@ fn vm_pod_through_cri() {
         "cri: vm pod running after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Its vsock socket's path is longer than a sockaddr_un holds: the VM works all the same.
+    let socket = node.kvmbox_root().join(&pod.sandbox).join("vsock.sock");
+    assert!(socket.as_os_str().len() > 107, "{}", socket.display());
     let vmms = vmms_mentioning(&pod.sandbox);
     assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
     assert!(
