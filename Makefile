@@ -121,5 +121,5 @@ fuzz-smoke:
 	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) > "$$dir.log" 2>&1; then \
 	    tail -n 40 "$$dir.log"; echo "fuzz-smoke: $$t failed (input in fuzz/artifacts/$$t)"; exit 1; \
 	  fi; \
-	  grep -E '^(#[0-9]+ +(INITED|DONE)|stat::(number_of_executed_units|peak_rss_mb))' "$$dir.log" || true; \
+	  grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::(number_of_executed_units|peak_rss_mb))' "$$dir.log" || true; \
 	done

@@ -373,7 +373,8 @@ impl Drop for Node {
         let left = containerd::Leftovers {
             kvmbox_roots: &roots,
             socket: &self.dir.join("containerd.sock"),
-            dirs: &[&self.dir, &self.shim_root],
+            // The shim root is inside `dir`.
+            dirs: &[&self.dir],
             // The pods' parent cgroup in every hierarchy (kubelet's; removable once empty).
             cgroup_parent: &self.cgroup_parent,
         };
@@ -716,7 +717,11 @@ fn vm_pod_through_cri() {
     );
     // Its vsock socket's path is longer than a sockaddr_un holds: the VM works all the same.
     let socket = node.kvmbox_root().join(&pod.sandbox).join("vsock.sock");
-    assert!(socket.as_os_str().len() > 107, "{}", socket.display());
+    assert!(
+        socket.as_os_str().len() > kvmbox::vmm::unix_path::SUN_PATH_MAX,
+        "{}",
+        socket.display()
+    );
     let vmms = vmms_mentioning(&pod.sandbox);
     assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
     assert!(

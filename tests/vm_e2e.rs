@@ -304,7 +304,8 @@ fn run_relays_stdio_and_exit_status() {
     b.edit(|c| c["root"]["readonly"] = json!(false));
     // As long as a CRI container id: the vsock socket's path exceeds sun_path.
     let id = format!("{:-<64}", vm.h.id("vmrun"));
-    assert!(vm.root.join(&id).join("vsock.sock").as_os_str().len() > 107);
+    let socket = vm.root.join(&id).join("vsock.sock");
+    assert!(socket.as_os_str().len() > kvmbox::vmm::unix_path::SUN_PATH_MAX);
     let started = Instant::now();
     let out = vm.kvmbox(
         &["run", "--bundle", b.dir.to_str().unwrap(), &id],

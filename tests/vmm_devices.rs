@@ -48,7 +48,7 @@ fn initramfs() -> Initramfs {
 }
 
 #[test]
-fn guest_uses_virtio_blk_rng_and_console() {
+fn guest_sees_every_device_and_uses_blk_rng_and_console() {
     let Some(kernel) = vm_common::guest_kernel() else {
         return;
     };

@@ -842,16 +842,15 @@ pub fn delete(dir: ContainerDir, record: &ContainerRecord, force: bool) -> Resul
 /// Force-delete pod member `member` (its sandbox is being force-deleted): the same steps as
 /// its own `delete --force`, so no relay, bind mount or state directory outlives the VM.
 fn delete_member(store: &StateStore, member: &str) -> Result<()> {
+    // NotFound: deleted meanwhile by its own `delete`.
     let dir = match store.lock(member) {
-        Ok(dir) => dir,
-        // Deleted meanwhile by its own `delete`.
         Err(RuntimeError::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e),
+        dir => dir?,
     };
-    if !dir.has_state() {
-        return dir.remove();
-    }
-    let record = dir.read()?;
+    let record = match dir.read() {
+        Err(RuntimeError::NotFound(_)) => return Ok(()),
+        record => record?,
+    };
     tracing::info!(id = member, "deleting pod member with its sandbox");
     delete(dir, &record, true)
 }
