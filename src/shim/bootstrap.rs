@@ -39,6 +39,9 @@ const TASK_V2: &str = "/containerd.task.v2.Task/";
 /// Worker threads of the ttrpc server: Wait calls block one each.
 const MAX_WORKERS: usize = 64;
 
+/// How long an exiting shim waits for its queued events to reach containerd.
+const EVENTS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Run the shim with the process's arguments; returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<_> = std::env::args_os().collect();
@@ -149,7 +152,7 @@ fn serve(flags: &Flags) -> Result<()> {
     let events = EventSender::start(publisher, flags.namespace.clone());
     let exit_signal = Arc::new(ExitSignal::default());
     let kvmbox = Kvmbox::locate(state_root(&flags.namespace))?;
-    let task = KvmboxTask::new(kvmbox, events, Arc::clone(&exit_signal))?;
+    let task = KvmboxTask::new(kvmbox, events.clone(), Arc::clone(&exit_signal))?;
 
     let path = socket_path(&flags.socket).to_path_buf();
     let listener = bind(&path)?;
@@ -163,6 +166,10 @@ fn serve(flags: &Flags) -> Result<()> {
     containerd_shim::info!("kvmbox shim serving on {}", flags.socket);
     exit_signal.wait();
     server.shutdown();
+    // Shutdown comes right after the last Delete: publish its TaskDelete before exiting.
+    if !events.flush(EVENTS_FLUSH_TIMEOUT) {
+        containerd_shim::warn!("events still unpublished after {EVENTS_FLUSH_TIMEOUT:?}");
+    }
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
